@@ -1,0 +1,118 @@
+"""Deferred request callbacks: Flask's ``after_this_request`` recipe on Quart's ``g``.
+
+``after_this_request`` stores callbacks on the request's state in ``g``;
+:func:`run_request_callbacks`, installed as an ``after_request`` function,
+calls them with the response. Each callback is consumed as it is called, so a
+callback that raises is never called twice and the ones after it still run
+when Quart passes the resulting 500 response through the dispatcher again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+import logging
+from typing import Any, TypeVar
+
+from quart.globals import _cv_app, _cv_websocket
+from werkzeug.sansio.response import Response as _BaseResponse
+
+from .exceptions import ContextError, InvalidCallbackError
+from .jobs import _is_async, callable_name, describe
+from .state import current_source, existing_state, state_for
+
+logger = logging.getLogger("quart_deferred")
+
+ResponseT = TypeVar("ResponseT", bound=_BaseResponse)
+RequestCallback = Callable[[Any], Awaitable[Any] | Any]
+C = TypeVar("C", bound=RequestCallback)
+
+
+def after_this_request(func: C) -> C:
+    """Call *func* with the response of the current request, before it is sent.
+
+    Use it where the response does not exist yet, such as a ``before_request``
+    function that wants to set a cookie. *func* gets the response and may change
+    it in place and return ``None``, or return a new response that replaces it.
+    ``async def`` and plain functions both work; plain ones run on a thread.
+    Returns *func* unchanged, so it also works as a decorator::
+
+        @app.before_request
+        async def detect_language() -> None:
+            if "lang" not in request.cookies:
+                @after_this_request
+                def remember_language(response: Response) -> None:
+                    response.set_cookie("lang", "de")
+
+    Arguments:
+        func: Called as ``func(response)``; returns ``None`` or a response.
+    """
+    source = current_source()
+    if source is None or _cv_websocket.get(None) is not None:
+        if source is None:
+            msg = (
+                "after_this_request() was called outside a request. Call it from a "
+                "view, an error handler or a before_request/after_request function."
+            )
+        else:
+            msg = (
+                "after_this_request() was called in a websocket handler, which has "
+                "no response to change. Use quart.after_this_websocket for that, or "
+                "quart_deferred.after_this_response to run work after the "
+                "connection has closed."
+            )
+        raise ContextError(msg)
+    is_async = _is_async(func, "after_this_request")
+    state = state_for(source)
+    exchange = state.exchange
+    if exchange is not None and (exchange.finished or exchange.status is not None):
+        msg = (
+            f"after_this_request() was called after the response to {describe(source)} "
+            "had started to go out, so the callback could never change it. Register "
+            "it from a view or a before_request function instead."
+        )
+        raise ContextError(msg)
+    state.request_callbacks.append((func, is_async))
+    return func
+
+
+async def run_request_callbacks(response: ResponseT) -> ResponseT:
+    """Call the current request's deferred callbacks in order (an ``after_request`` function)."""
+    state = existing_state()
+    if state is None:
+        return response
+    callbacks = state.request_callbacks
+    # A while loop, not a for loop: callbacks may register further callbacks.
+    while state.request_callbacks_ran < len(callbacks):
+        func, is_async = callbacks[state.request_callbacks_ran]
+        state.request_callbacks_ran += 1
+        if is_async:
+            result = await func(response)
+        else:
+            result = await _cv_app.get().app.ensure_async(func)(response)
+        if result is None:
+            continue
+        if not isinstance(result, _BaseResponse):
+            msg = (
+                f"The after_this_request callback {callable_name(func)} returned "
+                f"{result!r} of type {type(result).__name__}. Change the response in "
+                "place and return None, or return a response object to replace it."
+            )
+            raise InvalidCallbackError(msg)
+        response = result  # type: ignore[assignment]
+    return response
+
+
+def log_callbacks_not_run(state: Any) -> None:
+    """Log each ``after_this_request`` callback the exchange ended without calling."""
+    for func, _ in state.request_callbacks[state.request_callbacks_ran :]:
+        name = callable_name(func)
+        origin = describe(state.source)
+        logger.warning(
+            "The after_this_request callback %s for %s did not run: the response "
+            "was never finalised (the client disconnected, the request failed "
+            "with PROPAGATE_EXCEPTIONS set, or it was registered after the "
+            "deferred callbacks had run).",
+            name,
+            origin,
+            extra={"deferred_callback": name, "deferred_request": origin},
+        )

@@ -1,0 +1,33 @@
+"""Exceptions raised by Quart-Deferred.
+
+    DeferredError
+     ├── ContextError (RuntimeError)         wrong place or time to call
+     │    └── NotInitialisedError            the app has no QuartDeferred
+     ├── InvalidCallbackError (TypeError)    not something we can call
+     └── InvalidOptionError (ValueError)     a bad ``when=`` or config value
+
+Each also subclasses the matching built-in, so ``except RuntimeError`` and
+friends keep working.
+"""
+
+from __future__ import annotations
+
+
+class DeferredError(Exception):
+    """Raised when Quart-Deferred cannot do what was asked; the base of all its errors."""
+
+
+class ContextError(DeferredError, RuntimeError):
+    """Raised when a function is called outside the context it needs."""
+
+
+class NotInitialisedError(ContextError):
+    """Raised when the current app was never passed to ``QuartDeferred``."""
+
+
+class InvalidCallbackError(DeferredError, TypeError):
+    """Raised when a callback is not a function we can call, or returns the wrong type."""
+
+
+class InvalidOptionError(DeferredError, ValueError):
+    """Raised when an option or a config value is out of range."""

@@ -1,0 +1,353 @@
+"""The Quart extension: wiring, configuration and the app-wide API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from contextvars import copy_context
+from dataclasses import dataclass
+import inspect
+import logging
+from typing import Any, overload, ParamSpec, TypeVar
+import warnings
+import weakref
+
+import anyio
+from quart import Quart
+from quart.globals import _cv_app
+
+from .callbacks import run_request_callbacks
+from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
+from .jobs import _is_async, Batch, callable_name, check_when, Job, make_job, When
+from .post_response import Delivery, PostResponseMiddleware
+from .runner import Counters, Stats, TaskRunner
+from .state import current_source, state_for
+
+P = ParamSpec("P")
+R = TypeVar("R")
+HookT = TypeVar("HookT", bound=Callable[..., Any])
+
+logger = logging.getLogger("quart_deferred")
+
+DEFAULTS: dict[str, Any] = {
+    "QUART_DEFERRED_MAX_CONCURRENCY": 100,  # Jobs running at once; more wait in FIFO order.
+    "QUART_DEFERRED_TASK_TIMEOUT": None,  # Seconds per job; None for no limit.
+    "QUART_DEFERRED_SHUTDOWN_TIMEOUT": 5.0,  # Seconds to drain at shutdown.
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _Hook:
+    """An app-wide post-response function registered with ``@deferred.after_response``."""
+
+    func: Callable[..., Any]
+    is_async: bool
+    takes_delivery: bool
+    when: When
+
+    def job_for(self, delivery: Delivery) -> Job:
+        args = (delivery,) if self.takes_delivery else ()
+        return Job(self.func, args, {}, self.is_async, self.when)
+
+
+class AppState:
+    """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``."""
+
+    def __init__(self, extension: QuartDeferred, app: Quart) -> None:
+        self.extension = extension
+        self.app = app
+        self.counters = Counters()
+        self.capturing = False
+        self._runner: TaskRunner | None = None
+
+    def runner(self) -> TaskRunner:
+        """Return the runner of the running loop, starting one when first needed."""
+        runner = self._runner
+        if runner is None or runner.loop is not asyncio.get_running_loop():
+            runner = self.open_runner()
+        return runner
+
+    def open_runner(self) -> TaskRunner:
+        old = self._runner
+        if old is not None and not old.closed and not old.idle:
+            logger.warning(
+                "A new event loop is serving app %r while work from the previous loop "
+                "is unfinished; that work is lost with its loop.",
+                self.app.name,
+            )
+        config = self.app.config
+        self._runner = TaskRunner(
+            self.app,
+            self.counters,
+            max_concurrency=_positive_int(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
+            task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
+        )
+        return self._runner
+
+    @property
+    def current_runner(self) -> TaskRunner | None:
+        """The runner of the running loop if there is one, without starting one."""
+        runner = self._runner
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return runner if runner is not None and runner.loop is loop else None
+
+    async def serve(self) -> AsyncGenerator[None, None]:
+        """Tie the runner to the app's serving lifetime (a ``while_serving`` function)."""
+        self.open_runner()
+        yield
+        await self.runner().shutdown(_seconds(self.app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
+
+    async def capture_context(self) -> None:
+        """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
+        source = current_source()
+        if source is not None:
+            state_for(source)
+
+
+class QuartDeferred:
+    """Deferred request callbacks and supervised post-response work for Quart apps.
+
+    ::
+
+        app = Quart(__name__)
+        deferred = QuartDeferred(app)
+
+        # or, with an app factory:
+        deferred = QuartDeferred()
+        deferred.init_app(app)
+
+    One extension object may be bound to several apps; each app has its own
+    runner, configured from its own ``app.config``.
+
+    Arguments:
+        app: The app to bind now, or ``None`` to bind later with ``init_app``.
+        max_concurrency: Overrides ``QUART_DEFERRED_MAX_CONCURRENCY``.
+        task_timeout: Overrides ``QUART_DEFERRED_TASK_TIMEOUT``.
+        shutdown_timeout: Overrides ``QUART_DEFERRED_SHUTDOWN_TIMEOUT``.
+    """
+
+    def __init__(
+        self,
+        app: Quart | None = None,
+        *,
+        max_concurrency: int | None = None,
+        task_timeout: float | None = None,
+        shutdown_timeout: float | None = None,
+    ) -> None:
+        self.overrides = {
+            key: value
+            for key, value in (
+                ("QUART_DEFERRED_MAX_CONCURRENCY", max_concurrency),
+                ("QUART_DEFERRED_TASK_TIMEOUT", task_timeout),
+                ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", shutdown_timeout),
+            )
+            if value is not None
+        }
+        self.hooks: tuple[_Hook, ...] = ()
+        self._apps: weakref.WeakSet[Quart] = weakref.WeakSet()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Quart) -> None:
+        """Bind the extension to *app*: config defaults, hooks, ASGI layer and lifespan."""
+        if "quart_deferred" in app.extensions:
+            msg = (
+                f"QuartDeferred is already initialised on app {app.name!r}. Call "
+                "QuartDeferred(app) or deferred.init_app(app) once per app."
+            )
+            raise ContextError(msg)
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        app.config.update(self.overrides)
+        _positive_int(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
+        if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
+            warnings.warn(
+                "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
+                "Use None for no limit.",
+                stacklevel=2,
+            )
+        if _seconds(app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT") == 0:
+            warnings.warn(
+                "QUART_DEFERRED_SHUTDOWN_TIMEOUT is 0, so deferred work still unfinished "
+                "at shutdown is cancelled at once, without time to drain.",
+                stacklevel=2,
+            )
+
+        state = AppState(self, app)
+        app.extensions["quart_deferred"] = state
+        app.after_request(run_request_callbacks)
+        app.asgi_app = PostResponseMiddleware(app.asgi_app, state)  # type: ignore[method-assign]
+        app.while_serving(state.serve)
+        self._apps.add(app)
+        if self.hooks:
+            _install_capture(state)
+
+    # App-wide hooks
+
+    @overload
+    def after_response(self, func: HookT, /) -> HookT: ...
+    @overload
+    def after_response(self, /, *, when: When = "always") -> Callable[[HookT], HookT]: ...
+    def after_response(self, func: Any = None, /, *, when: When = "always") -> Any:
+        """Register *func* to run after every HTTP response of every bound app.
+
+        It runs after that request's own ``after_this_response`` work, in the
+        same context. It takes no argument, or one :class:`Delivery` saying
+        what was sent::
+
+            @deferred.after_response
+            async def log_delivery(delivery: Delivery) -> None:
+                logger.info("%s %s -> %s", request.method, request.path, delivery.status_code)
+
+        Arguments:
+            func: The function; ``async def`` functions are awaited.
+            when: As for ``after_this_response``: ``"always"`` (default),
+                ``"success"`` or ``"failure"``.
+        """
+        check_when(when, "after_response")
+
+        def register(hook: HookT) -> HookT:
+            is_async = _is_async(hook, "after_response")
+            self.hooks = (*self.hooks, _Hook(hook, is_async, _takes_delivery(hook), when))
+            for app in self._apps:
+                _install_capture(app.extensions["quart_deferred"])
+            return hook
+
+        return register if func is None else register(func)
+
+    # Work outside the response cycle
+
+    def start_soon(self, func: Callable[P, Any], /, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Start ``func(*args, **kwargs)`` now, supervised by the runner.
+
+        Use it for work that need not wait for a response (the seed recipe's
+        ``Thread(target=do_work)``). It shares the runner's limits, timeouts,
+        error reports and shutdown drain. Inside a request it runs in a copy
+        of the request's context; elsewhere in a fresh app context.
+
+        Arguments:
+            func: The function to call; ``async def`` functions are awaited.
+        """
+        job = make_job(func, args, kwargs, "always", "start_soon")
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            msg = (
+                "deferred.start_soon() was called with no event loop running in this "
+                "thread. Call it from async code on the app's loop (a view, a hook or "
+                "a before_serving function)."
+            )
+            raise ContextError(msg) from None
+        state = self._state(None)
+        app_ctx = _cv_app.get(None)
+        context = copy_context() if app_ctx is not None and app_ctx.app is state.app else None
+        state.runner().submit(Batch([job], context, current_source()))
+
+    # Introspection
+
+    async def join(self, timeout: float | None = None, *, app: Quart | None = None) -> None:  # noqa: ASYNC109
+        """Wait until no deferred work is waiting or running, including work added meanwhile.
+
+        Also waits for a request whose final body is being sent right now.
+
+        Arguments:
+            timeout: Seconds to wait at most; then the built-in ``TimeoutError``.
+            app: Which app's work; defaults to the current app, or the only bound one.
+        """
+        runner = self._state(app).current_runner
+        if runner is None:
+            return
+        if timeout is None:
+            await runner.wait_idle()
+            return
+        with anyio.move_on_after(timeout) as scope:
+            await runner.wait_idle()
+        if scope.cancelled_caught:
+            stats = self.stats(app=runner.app)
+            msg = (
+                f"deferred.join() gave up after {timeout}s with {stats.waiting} jobs "
+                f"waiting and {stats.running} running."
+            )
+            raise TimeoutError(msg)
+
+    def stats(self, app: Quart | None = None) -> Stats:
+        """Return a snapshot of the counters of *app* (default: current or only app)."""
+        return self._state(app).counters.snapshot()
+
+    def _state(self, app: Quart | None) -> AppState:
+        if app is None:
+            app_ctx = _cv_app.get(None)
+            if app_ctx is not None:
+                app = app_ctx.app
+            elif len(self._apps) == 1:
+                app = next(iter(self._apps))
+            else:
+                msg = (
+                    f"This QuartDeferred is bound to {len(self._apps)} apps and no app "
+                    "context is active, so it cannot tell which app you mean. Pass "
+                    "app=..., or call it inside an app context."
+                )
+                raise ContextError(msg)
+        state = app.extensions.get("quart_deferred")
+        if not isinstance(state, AppState) or state.extension is not self:
+            msg = (
+                f"QuartDeferred is not initialised on app {app.name!r}. Call "
+                "QuartDeferred(app) or deferred.init_app(app) before serving."
+            )
+            raise NotInitialisedError(msg)
+        return state
+
+
+def _install_capture(state: AppState) -> None:
+    # First among the app's before_request functions, so a function that
+    # answers early cannot leave the hooks without the request's context.
+    if not state.capturing:
+        state.app.before_request_funcs.setdefault(None, []).insert(0, state.capture_context)
+        state.capturing = True
+
+
+def _takes_delivery(func: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # Some builtins have no signature; call them bare.
+        return False
+    for args in ((None,), ()):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return bool(args)
+    msg = (
+        f"The after_response hook {callable_name(func)} cannot be called with no "
+        "argument, nor with one Delivery. Give it no parameters, or one."
+    )
+    raise InvalidCallbackError(msg)
+
+
+def _positive_int(config: Any, key: str) -> int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{key} must be a whole number of 1 or more, got {value!r}."
+        raise InvalidOptionError(msg)
+    return value
+
+
+def _seconds(config: Any, key: str) -> float:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        msg = f"{key} must be a number of seconds (0 or more), got {value!r}."
+        raise InvalidOptionError(msg)
+    return float(value)
+
+
+def _optional_seconds(config: Any, key: str) -> float | None:
+    if config[key] is None:
+        return None
+    try:
+        return _seconds(config, key)
+    except InvalidOptionError:
+        msg = f"{key} must be a number of seconds (0 or more) or None, got {config[key]!r}."
+        raise InvalidOptionError(msg) from None

@@ -1,0 +1,123 @@
+"""What one piece of deferred work is: a function, its arguments and how to call it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import Context
+from dataclasses import dataclass, field
+import functools
+import inspect
+from typing import Any, cast, Literal, TYPE_CHECKING
+
+from .exceptions import InvalidCallbackError, InvalidOptionError
+
+if TYPE_CHECKING:
+    from quart.wrappers import BaseRequestWebsocket
+
+When = Literal["always", "success", "failure"]
+WHEN_VALUES: tuple[When, ...] = ("always", "success", "failure")
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """One deferred call: ``func(*args, **kwargs)``, run once ``when`` matches."""
+
+    func: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    is_async: bool
+    when: When = "always"
+
+    @property
+    def name(self) -> str:
+        return callable_name(self.func)
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """The jobs of one request (or one ``start_soon`` call), run one after another.
+
+    ``context`` is the request's captured ``contextvars.Context``; running the
+    jobs in a copy of it gives them ``request``, ``g``, ``session`` and
+    ``current_app`` without pushing (and later tearing down) Quart contexts.
+    ``None`` means there was no app context to capture.
+    """
+
+    jobs: list[Job]
+    context: Context | None
+    source: BaseRequestWebsocket | None
+    next: int = field(default=0)
+
+    @property
+    def origin(self) -> str:
+        """Describe where the work came from, for log lines: ``GET /signup``."""
+        return describe(self.source)
+
+
+def describe(source: BaseRequestWebsocket | None) -> str:
+    if source is None:
+        return "no request"
+    method = getattr(source, "method", "WEBSOCKET")
+    return f"{method} {source.path}"
+
+
+def check_when(when: object, caller: str) -> When:
+    if when not in WHEN_VALUES:
+        msg = (
+            f"{caller}() got when={when!r}. Use one of 'always' (run however the "
+            "exchange ended), 'success' (final body sent, status below 400) or "
+            "'failure' (everything else)."
+        )
+        raise InvalidOptionError(msg)
+    return when
+
+
+def make_job(
+    func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When, caller: str
+) -> Job:
+    """Check that *func* is something we can call later, and wrap it in a Job."""
+    is_async = _is_async(func, caller)
+    return Job(cast(Callable[..., Any], func), args, kwargs, is_async, when)
+
+
+def _is_async(func: object, caller: str) -> bool:
+    if inspect.iscoroutinefunction(func):
+        return True
+    if not callable(func):
+        if inspect.iscoroutine(func):
+            func.close()  # We will never await it; don't let Python warn about that.
+            msg = (
+                f"{caller}() got a coroutine object ({func.__qualname__}), which has "
+                "already been called. Pass the function and its arguments instead: "
+                f"{caller}(send_mail, address), not {caller}(send_mail(address))."
+            )
+        else:
+            msg = (
+                f"{caller}() expected a function to call later, got {func!r} of type "
+                f"{type(func).__name__}. Pass a function, e.g. {caller}(send_mail, address)."
+            )
+        raise InvalidCallbackError(msg)
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    if not inspect.isroutine(target) and not inspect.isclass(target):
+        target = type(target).__call__  # A callable object: look at its __call__.
+    if inspect.iscoroutinefunction(target):
+        return True
+    if inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target):
+        msg = (
+            f"{caller}() got the generator function {callable_name(func)}; calling it "
+            "would only create a generator and never run its body. Pass a plain "
+            "function or an async def function."
+        )
+        raise InvalidCallbackError(msg)
+    return False
+
+
+def callable_name(func: object) -> str:
+    """Return ``module.qualname`` of *func*, looking through partials and callable objects."""
+    if isinstance(func, functools.partial):
+        return f"partial({callable_name(func.func)})"
+    owner: Any = func if hasattr(func, "__qualname__") else type(func)
+    module = getattr(owner, "__module__", None)
+    return f"{module}.{owner.__qualname__}" if module else str(owner.__qualname__)

@@ -1,0 +1,318 @@
+"""Post-response work: an ASGI layer that sees the final response message go out.
+
+:class:`PostResponseMiddleware` wraps ``app.asgi_app``. For each HTTP exchange
+it watches the messages the app sends; once the final ``http.response.body``
+has been sent, the client has the whole response, and the request's
+post-response jobs are handed to the runner, which runs them on tasks of its
+own: never on the response path, and never in Quart's handler task (which the
+server's ``http.disconnect`` would cancel). If the exchange ends without a
+final body (client gone, crash, response timeout), the jobs are handed over
+when the ASGI call ends. Websocket work is handed over when the connection's
+ASGI call ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+import logging
+from typing import Any, cast, overload, ParamSpec, TYPE_CHECKING, TypeVar
+
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
+from werkzeug.datastructures import Headers
+
+from .callbacks import log_callbacks_not_run
+from .exceptions import ContextError, InvalidCallbackError
+from .jobs import Batch, check_when, describe, Job, make_job, When
+from .state import current_source, require_exchange, SCOPE_KEY, state_for
+
+if TYPE_CHECKING:
+    from .extension import AppState
+    from .runner import TaskRunner
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[[], Any])
+ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
+
+logger = logging.getLogger("quart_deferred")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What went out for one exchange; given to ``@deferred.after_response`` hooks.
+
+    Attributes:
+        status_code: The status sent with ``http.response.start``, or ``None``
+            if the exchange ended before a response started.
+        complete: Whether the final body message was sent, i.e. the client
+            got the whole response.
+        raw_headers: The headers as sent, as ASGI byte pairs.
+    """
+
+    status_code: int | None
+    complete: bool
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def headers(self) -> Headers:
+        """Return a new ``Headers`` object decoded from what was sent."""
+        return Headers(
+            [(key.decode("latin1"), value.decode("latin1")) for key, value in self.raw_headers]
+        )
+
+    @property
+    def successful(self) -> bool:
+        """Whether ``when="success"`` work runs for this exchange."""
+        return self.complete and self.status_code is not None and self.status_code < 400
+
+
+class Exchange:
+    """One HTTP request or websocket connection as the ASGI layer sees it."""
+
+    __slots__ = (
+        "_held",
+        "_receive",
+        "_send",
+        "_trailers",
+        "app_state",
+        "complete",
+        "finished",
+        "raw_headers",
+        "request_state",
+        "status",
+        "websocket",
+    )
+
+    def __init__(
+        self,
+        app_state: AppState,
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable | None = None,
+    ) -> None:
+        self.app_state = app_state
+        self.request_state: Any = None
+        self.finished = False
+        self.complete = False
+        self.status: int | None = None
+        self.raw_headers: Iterable[tuple[bytes, bytes]] = ()
+        self.websocket = receive is not None
+        self._send = send
+        self._receive = receive
+        self._held: TaskRunner | None = None
+        self._trailers = False
+
+    def describe(self) -> str:
+        state = self.request_state
+        return "this request" if state is None else describe(state.source)
+
+    async def send_http(self, message: ASGISendEvent) -> None:
+        event = cast(dict[str, Any], message)
+        kind = event["type"]
+        if kind == "http.response.body":
+            if not event.get("more_body", False) and not self._trailers:
+                await self._send_final(message)
+                return
+        elif kind == "http.response.start":
+            self.status = event["status"]
+            self.raw_headers = event["headers"]
+            self._trailers = bool(event.get("trailers", False))
+        elif (
+            kind == "http.response.trailers" and not event.get("more_trailers", False)
+        ) or kind == "http.response.pathsend":
+            await self._send_final(message)
+            return
+        await self._send(message)
+
+    async def _send_final(self, message: ASGISendEvent) -> None:
+        self._hold()
+        try:
+            await self._send(message)
+        except BaseException:
+            self.finish()
+            raise
+        self.complete = True
+        self.finish()
+
+    async def send_websocket(self, message: ASGISendEvent) -> None:
+        event = cast(dict[str, Any], message)
+        kind = event["type"]
+        if kind == "websocket.accept":
+            self.status = 101
+        elif kind == "websocket.http.response.start":
+            self.status = event["status"]
+            self.raw_headers = event["headers"]
+        elif kind == "websocket.close":
+            if self.status is None:
+                self.status = 403  # What servers answer to a close before accept.
+            self._hold()
+        await self._send(message)
+
+    async def receive_websocket(self) -> ASGIReceiveEvent:
+        assert self._receive is not None
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._hold()
+        return message
+
+    def _hold(self) -> None:
+        """Make ``join()`` wait for this exchange from the moment its end is in sight."""
+        if self._held is None and (self.request_state is not None or self._hooks()):
+            self._held = self.app_state.runner()
+            self._held.hold()
+
+    def _hooks(self) -> tuple[Any, ...]:
+        return () if self.websocket else self.app_state.extension.hooks
+
+    def finish(self) -> None:
+        """End the exchange: hand its post-response jobs to the runner, once."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self._submit()
+        finally:
+            if self._held is not None:
+                self._held.release()
+
+    def _submit(self) -> None:
+        state = self.request_state
+        hooks = self._hooks()
+        if state is None and not hooks:
+            return
+        delivery = Delivery(self.status, self.complete, tuple(self.raw_headers))
+        successful = delivery.successful
+        jobs: list[Job] = []
+        if state is not None:
+            if state.request_callbacks_ran < len(state.request_callbacks):
+                log_callbacks_not_run(state)
+            for job in state.response_jobs:
+                if job.when == "always" or (job.when == "success") is successful:
+                    jobs.append(job)
+                else:
+                    self._skip(job, delivery)
+        for hook in hooks:
+            if hook.when == "always" or (hook.when == "success") is successful:
+                jobs.append(hook.job_for(delivery))
+        if jobs:
+            runner = self.app_state.runner()
+            context = None if state is None else state.context
+            source = None if state is None else state.source
+            runner.submit(Batch(jobs, context, source))
+
+    def _skip(self, job: Job, delivery: Delivery) -> None:
+        self.app_state.counters.skipped += 1
+        name = job.name
+        origin = self.describe()
+        logger.debug(
+            "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",
+            name,
+            origin,
+            job.when,
+            delivery.status_code,
+            "complete" if delivery.complete else "incomplete",
+            extra={"deferred_callback": name, "deferred_request": origin},
+        )
+
+
+class PostResponseMiddleware:
+    """Wrap ``app.asgi_app`` so post-response jobs start once the response is out."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            exchange = Exchange(self.state, send)
+            cast(dict[str, Any], scope)[SCOPE_KEY] = exchange
+            try:
+                await self.app(scope, receive, exchange.send_http)
+            finally:
+                exchange.finish()
+        elif kind == "websocket":
+            exchange = Exchange(self.state, send, receive)
+            cast(dict[str, Any], scope)[SCOPE_KEY] = exchange
+            try:
+                await self.app(scope, exchange.receive_websocket, exchange.send_websocket)
+                exchange.complete = True
+            finally:
+                exchange.finish()
+        else:
+            await self.app(scope, receive, send)
+
+
+@overload
+def after_this_response(*, when: When = "always") -> Callable[[F], F]: ...
+@overload
+def after_this_response(
+    func: Callable[..., R], /, *args: Any, when: When, **kwargs: Any
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(
+    func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+) -> Callable[P, R]: ...
+def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``func(*args, **kwargs)`` after the response has been sent to the client.
+
+    Use it for slow work the client should not wait for: the welcome e-mail,
+    the audit row. It runs on a task the runner owns, after the final body
+    message has gone out, in a copy of the request's context, so ``request``,
+    ``g``, ``session`` and ``current_app`` still work. The request's teardown
+    functions have already run by then, so anything they close (a database
+    connection on ``g``) is closed. Plain functions run on a thread::
+
+        @app.post("/signup")
+        async def signup() -> tuple[str, int]:
+            user = await create_user()
+            after_this_response(send_welcome_mail, user.email)
+            return "created", 201
+
+        @after_this_response(when="failure")
+        async def audit_failure() -> None: ...
+
+    Arguments:
+        func: The function to call; ``async def`` functions are awaited.
+        when: ``"always"`` (default), ``"success"`` (the final body was sent
+            and the status is below 400) or ``"failure"`` (anything else).
+    """
+    when = check_when(kwargs.pop("when", "always"), "after_this_response")
+    if func is None:
+        if args or kwargs:
+            msg = (
+                "after_this_response() got arguments but no function. Pass the function "
+                "first: after_this_response(send_mail, address)."
+            )
+            raise InvalidCallbackError(msg)
+
+        def decorator(decorated: F) -> F:
+            _defer(decorated, (), {}, when)
+            return decorated
+
+        return decorator
+    _defer(func, args, kwargs, when)
+    return func
+
+
+def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When) -> None:
+    job = make_job(func, args, kwargs, when, "after_this_response")
+    source = current_source()
+    if source is None:
+        msg = (
+            "after_this_response() was called outside a request or websocket, where "
+            "there is no response to wait for. Call it from a view or a request hook; "
+            "to start work from elsewhere, use deferred.start_soon(func, ...)."
+        )
+        raise ContextError(msg)
+    state = state_for(source)
+    require_exchange(state, "after_this_response")
+    state.response_jobs.append(job)

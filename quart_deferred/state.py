@@ -1,0 +1,94 @@
+"""Per-request state, kept on ``g._quart_deferred``.
+
+Both kinds of callback hang off one small object: the ``after_this_request``
+list that the response-phase dispatcher consumes, and the post-response jobs
+that the ASGI layer hands to the runner once the exchange is over. The object
+also holds the request's ``contextvars.Context``, captured once, in which the
+post-response jobs later run.
+"""
+
+from __future__ import annotations
+
+from contextvars import Context, copy_context
+from dataclasses import dataclass, field
+from typing import Any, cast, TYPE_CHECKING
+
+from quart.globals import _cv_app, _cv_request, _cv_websocket
+
+from .exceptions import ContextError
+
+if TYPE_CHECKING:
+    from quart.wrappers import BaseRequestWebsocket
+
+    from .jobs import Job
+    from .post_response import Exchange
+
+G_KEY = "_quart_deferred"
+SCOPE_KEY = "quart_deferred.exchange"
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    source: BaseRequestWebsocket
+    exchange: Exchange | None
+    context: Context
+    request_callbacks: list[tuple[Any, bool]] = field(default_factory=list)
+    request_callbacks_ran: int = 0
+    response_jobs: list[Job] = field(default_factory=list)
+
+
+def current_source() -> BaseRequestWebsocket | None:
+    """Return the current request or websocket, or ``None`` outside both."""
+    # Quart's ContextVars are read directly: the `request` proxy would raise.
+    request_ctx = _cv_request.get(None)
+    if request_ctx is not None:
+        return request_ctx.request_websocket
+    websocket_ctx = _cv_websocket.get(None)
+    return None if websocket_ctx is None else websocket_ctx.request_websocket
+
+
+def state_for(source: BaseRequestWebsocket) -> RequestState:
+    """Return the state of *source*, creating it (and capturing the context) on first use."""
+    g = _cv_app.get().g
+    state: RequestState | None = getattr(g, G_KEY, None)
+    # `g` can outlive one request (an app context pushed around several test
+    # requests), so the state must belong to *this* request to be reused.
+    if state is None or state.source is not source:
+        exchange = cast("Exchange | None", source.scope.get(SCOPE_KEY))
+        state = RequestState(source, exchange, copy_context())
+        setattr(g, G_KEY, state)
+        if exchange is not None:
+            exchange.request_state = state
+    return state
+
+
+def existing_state() -> RequestState | None:
+    """Return the current request's state if something created it, without creating it."""
+    app_ctx = _cv_app.get(None)
+    if app_ctx is None:
+        return None
+    state: RequestState | None = getattr(app_ctx.g, G_KEY, None)
+    if state is None or state.source is not current_source():
+        return None
+    return state
+
+
+def require_exchange(state: RequestState, caller: str) -> Exchange:
+    """Return the exchange the state belongs to, or raise why work cannot be added to it."""
+    exchange = state.exchange
+    if exchange is None:
+        msg = (
+            f"{caller}() was called in a request that did not come through an app "
+            "wrapped by QuartDeferred, so nothing will see its response go out. "
+            "Call QuartDeferred(app) or deferred.init_app(app) first, and in tests "
+            "send requests with app.test_client() rather than test_request_context()."
+        )
+        raise ContextError(msg)
+    if exchange.finished:
+        msg = (
+            f"{caller}() was called after the response to {exchange.describe()} had "
+            "already been sent, so there is no 'after the response' left to wait for. "
+            "Use deferred.start_soon() to start more work from here."
+        )
+        raise ContextError(msg)
+    return exchange
