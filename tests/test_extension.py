@@ -1,0 +1,170 @@
+"""QuartDeferred: wiring, configuration, several apps, app-wide hooks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from quart import Quart, request
+
+from quart_deferred import (
+    after_this_response,
+    ContextError,
+    Delivery,
+    InvalidCallbackError,
+    InvalidOptionError,
+    NotInitialisedError,
+    QuartDeferred,
+    Stats,
+)
+
+from .conftest import Client
+
+
+def test_config_defaults_are_visible_and_init_arguments_override() -> None:
+    app = Quart(__name__)
+    app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 7
+    QuartDeferred(app, shutdown_timeout=1.5)
+    assert app.config["QUART_DEFERRED_MAX_CONCURRENCY"] == 7
+    assert app.config["QUART_DEFERRED_TASK_TIMEOUT"] is None
+    assert app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] == 1.5
+
+
+def test_factory_form_and_asgi_app_wrapping() -> None:
+    deferred = QuartDeferred()
+    app = Quart(__name__)
+    deferred.init_app(app)
+    assert app.extensions["quart_deferred"].extension is deferred
+    assert isinstance(app, Quart)  # `quart run` still sees a Quart app.
+
+
+def test_initialising_twice_is_an_error() -> None:
+    app = Quart(__name__)
+    QuartDeferred(app)
+    with pytest.raises(RuntimeError, match="already initialised on app"):
+        QuartDeferred(app)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("QUART_DEFERRED_MAX_CONCURRENCY", 0, "whole number of 1 or more, got 0"),
+        ("QUART_DEFERRED_MAX_CONCURRENCY", "10", "whole number of 1 or more, got '10'"),
+        ("QUART_DEFERRED_TASK_TIMEOUT", -1, r"seconds \(0 or more\) or None, got -1"),
+        ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", None, r"seconds \(0 or more\), got None"),
+    ],
+)
+def test_bad_config_is_a_clear_error(key: str, value: object, match: str) -> None:
+    app = Quart(__name__)
+    app.config[key] = value
+    with pytest.raises(InvalidOptionError, match=match):
+        QuartDeferred(app)
+
+
+def test_zero_shutdown_timeout_warns() -> None:
+    app = Quart(__name__)
+    app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0
+    with pytest.warns(UserWarning, match="cancelled at once"):
+        QuartDeferred(app)
+
+
+async def test_one_extension_several_apps_keep_their_own_runners() -> None:
+    deferred = QuartDeferred()
+    shop, blog = Quart("shop"), Quart("blog")
+    blog.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
+    deferred.init_app(shop)
+    deferred.init_app(blog)
+    ran: list[str] = []
+
+    for app in (shop, blog):
+
+        @app.get("/")
+        async def index() -> str:
+            after_this_response(ran.append, request.path)
+            return "ok"
+
+    await shop.test_client().get("/")
+    await blog.test_client().get("/")
+    await deferred.join(timeout=5, app=shop)
+    await deferred.join(timeout=5, app=blog)
+    assert deferred.stats(shop) == Stats(scheduled=1, succeeded=1)
+    assert deferred.stats(blog) == Stats(scheduled=1, succeeded=1)
+    with pytest.raises(ContextError, match="bound to 2 apps.*Pass app="):
+        deferred.stats()
+    async with blog.app_context():
+        assert deferred.stats().succeeded == 1  # The current app is the one meant.
+    with pytest.raises(NotInitialisedError, match="not initialised on app 'other'"):
+        deferred.stats(Quart("other"))
+
+
+async def test_app_wide_hooks_run_after_the_requests_own_work(
+    app: Quart, deferred: QuartDeferred, client: Client
+) -> None:
+    events: list[str] = []
+
+    @deferred.after_response
+    async def with_delivery(delivery: Delivery) -> None:
+        events.append(
+            f"hook {request.path} {delivery.status_code} {delivery.complete} "
+            f"{delivery.headers['Content-Type']}"
+        )
+
+    @deferred.after_response(when="failure")
+    def on_failure() -> None:
+        events.append(f"failure hook {request.path}")
+
+    @app.before_request
+    async def short_circuit() -> str | None:
+        # Answers before the view: the hooks still get the request's context.
+        return "early" if request.path == "/early" else None
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(events.append, "own work")
+        return "ok"
+
+    await client.get("/")
+    await deferred.join(timeout=5)
+    await client.get("/missing")
+    await deferred.join(timeout=5)
+    await client.get("/early")
+    await deferred.join(timeout=5)
+    assert events == [
+        "own work",
+        "hook / 200 True text/html; charset=utf-8",
+        "hook /missing 404 True text/html; charset=utf-8",
+        "failure hook /missing",
+        "hook /early 200 True text/html; charset=utf-8",
+    ]
+
+
+def test_hook_registered_before_init_app_is_installed() -> None:
+    deferred = QuartDeferred()
+
+    @deferred.after_response
+    def hook() -> None:
+        pass
+
+    app = Quart(__name__)
+    deferred.init_app(app)
+    assert app.before_request_funcs[None][0] == app.extensions["quart_deferred"].capture_context
+
+
+def test_hook_with_too_many_parameters_is_refused() -> None:
+    deferred = QuartDeferred()
+    with pytest.raises(InvalidCallbackError, match="no argument, nor with one Delivery"):
+
+        @deferred.after_response
+        def hook(first: object, second: object) -> None:
+            pass
+
+
+async def test_start_soon_needs_a_running_loop(deferred: QuartDeferred) -> None:
+    def job() -> None:
+        pass
+
+    def from_thread() -> None:
+        deferred.start_soon(job)
+
+    with pytest.raises(ContextError, match="no event loop running in this thread"):
+        await asyncio.to_thread(from_thread)
