@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+import logging
 import socket
 
 from hypercorn.asyncio import serve
@@ -13,7 +14,9 @@ from quart import Quart
 
 
 @asynccontextmanager
-async def running(app: Quart, *, graceful_timeout: float = 5.0) -> AsyncIterator[str]:
+async def running(
+    app: Quart, *, graceful_timeout: float = 5.0, access_log: bool = False
+) -> AsyncIterator[str]:
     """Serve *app* on a free port of 127.0.0.1 for the block; yield its base URL.
 
     The socket is bound and listening before hypercorn starts, so a client may
@@ -26,7 +29,7 @@ async def running(app: Quart, *, graceful_timeout: float = 5.0) -> AsyncIterator
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]
     config.graceful_timeout = graceful_timeout
-    config.accesslog = None
+    config.accesslog = logging.getLogger("hypercorn.access") if access_log else None
     stop = asyncio.Event()
     task = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     try:
