@@ -1,0 +1,1 @@
+"""Runnable examples; `app` is the demo that `nox -s demo` serves."""
