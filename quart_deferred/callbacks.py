@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 import logging
 from typing import Any, TypeVar
 
-from quart.globals import _cv_app, _cv_websocket
+from quart.globals import _cv_app
+from quart.wrappers import Websocket
 from werkzeug.sansio.response import Response as _BaseResponse
 
+from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import _is_async, callable_name, describe
-from .state import current_source, existing_state, state_for
+from .state import existing_state, state_for
 
 logger = logging.getLogger("quart_deferred")
 
@@ -47,7 +49,7 @@ def after_this_request(func: C) -> C:
         func: Called as ``func(response)``; returns ``None`` or a response.
     """
     source = current_source()
-    if source is None or _cv_websocket.get(None) is not None:
+    if source is None or isinstance(source, Websocket):
         if source is None:
             msg = (
                 "after_this_request() was called outside a request. Call it from a "

@@ -16,12 +16,13 @@ import anyio
 from quart import Quart
 from quart.globals import _cv_app
 
+from ._compat import current_source
 from .callbacks import run_request_callbacks
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, Job, make_job, When
 from .post_response import Delivery, PostResponseMiddleware
 from .runner import Counters, Stats, TaskRunner
-from .state import current_source, state_for
+from .state import state_for
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -27,10 +27,11 @@ from hypercorn.typing import (
 )
 from werkzeug.datastructures import Headers
 
+from ._compat import current_source
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import Batch, check_when, describe, Job, make_job, When
-from .state import current_source, require_exchange, SCOPE_KEY, state_for
+from .state import require_exchange, SCOPE_KEY, state_for
 
 if TYPE_CHECKING:
     from .extension import AppState

@@ -24,6 +24,7 @@ from typing import Any, TYPE_CHECKING
 
 import anyio
 
+from ._compat import handle_background_exception
 from .exceptions import InvalidCallbackError
 from .jobs import Batch, Job
 
@@ -246,7 +247,7 @@ class TaskRunner:
         """Hand *error* to Quart, which logs it and sends ``got_background_exception``."""
         if hasattr(error, "add_note"):  # Python 3.11+: name the job in the traceback.
             error.add_note(f"in deferred work {job.name} for {batch.origin}")
-        await self.app.handle_background_exception(error)
+        await handle_background_exception(self.app, error)
 
     def _cancel_unstarted(self, batch: Batch, reason: str) -> None:
         counters = self._counters

@@ -13,8 +13,9 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, cast, TYPE_CHECKING
 
-from quart.globals import _cv_app, _cv_request, _cv_websocket
+from quart.globals import _cv_app
 
+from ._compat import current_source
 from .exceptions import ContextError
 
 if TYPE_CHECKING:
@@ -35,16 +36,6 @@ class RequestState:
     request_callbacks: list[tuple[Any, bool]] = field(default_factory=list)
     request_callbacks_ran: int = 0
     response_jobs: list[Job] = field(default_factory=list)
-
-
-def current_source() -> BaseRequestWebsocket | None:
-    """Return the current request or websocket, or ``None`` outside both."""
-    # Quart's ContextVars are read directly: the `request` proxy would raise.
-    request_ctx = _cv_request.get(None)
-    if request_ctx is not None:
-        return request_ctx.request_websocket
-    websocket_ctx = _cv_websocket.get(None)
-    return None if websocket_ctx is None else websocket_ctx.request_websocket
 
 
 def state_for(source: BaseRequestWebsocket) -> RequestState:

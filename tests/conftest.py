@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -15,6 +16,8 @@ from quart_deferred import QuartDeferred
 from .servers import running
 
 T = TypeVar("T")
+
+QUART_VERSION = tuple(int(part) for part in version("quart").split(".")[:2])
 
 
 async def wait(awaitable: Awaitable[T], timeout: float = 5.0) -> T:

@@ -13,7 +13,7 @@ from quart import current_app, g, Quart, request, Response, session, websocket
 
 from quart_deferred import after_this_response, ContextError, QuartDeferred
 
-from .conftest import Client, until, wait
+from .conftest import Client, QUART_VERSION, until, wait
 
 
 async def test_work_starts_only_after_the_client_has_the_whole_body(
@@ -279,7 +279,14 @@ async def test_client_disconnect_mid_stream_is_a_failure(
     assert ran == {"always", "failure"}
 
 
-async def test_response_timeout_is_a_failure(app: Quart, deferred: QuartDeferred) -> None:
+@pytest.mark.skipif(
+    QUART_VERSION >= (0, 23),
+    reason="Quart 0.23 does not end a stalled body at its response timeout (bare Quart hangs)",
+)
+async def test_response_timeout_is_a_failure(
+    app: Quart, deferred: QuartDeferred, served: str
+) -> None:
+    """Quart gives up on a body that takes longer than the response timeout."""
     ran: set[str] = set()
     never = asyncio.Event()
 
@@ -296,7 +303,10 @@ async def test_response_timeout_is_a_failure(app: Quart, deferred: QuartDeferred
         response.timeout = 0.01
         return response
 
-    await app.test_client().get("/slow-body")
+    async with httpx.AsyncClient(base_url=served) as http:
+        with pytest.raises(httpx.RemoteProtocolError):  # The body was cut short.
+            await wait(http.get("/slow-body"))
+    await wait(until(lambda: deferred.stats().scheduled == 1))
     await deferred.join(timeout=5)
     assert ran == {"failure"}
 

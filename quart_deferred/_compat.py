@@ -1,0 +1,45 @@
+"""Differences between the Quart versions we support (0.20 to 0.23).
+
+Quart 0.23 merged the request and websocket contexts into the app context
+(as Flask 3.2 did) and passes that context to its hooks explicitly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, TYPE_CHECKING
+
+from quart import Quart
+from quart.globals import _cv_app
+
+if TYPE_CHECKING:
+    from quart.wrappers import BaseRequestWebsocket
+
+try:
+    from quart.globals import _cv_request, _cv_websocket
+except ImportError:  # Quart 0.23+
+    _cv_request = _cv_websocket = None  # type: ignore[assignment]
+
+_REPORT_TAKES_CONTEXT = "ctx" in inspect.signature(Quart.handle_background_exception).parameters
+
+
+def current_source() -> BaseRequestWebsocket | None:
+    """Return the current request or websocket, or ``None`` outside both."""
+    # The ContextVars are read directly: the `request` proxy would raise, and
+    # has_request_context() followed by the proxy costs twice as much.
+    if _cv_request is None:
+        app_ctx: Any = _cv_app.get(None)
+        return None if app_ctx is None else app_ctx._request or app_ctx._websocket
+    request_ctx = _cv_request.get(None)
+    if request_ctx is not None:
+        return request_ctx.request_websocket
+    websocket_ctx = _cv_websocket.get(None)
+    return None if websocket_ctx is None else websocket_ctx.request_websocket
+
+
+async def handle_background_exception(app: Quart, error: Exception) -> None:
+    """Call ``app.handle_background_exception`` with the arguments this Quart takes."""
+    if _REPORT_TAKES_CONTEXT:
+        await app.handle_background_exception(_cv_app.get(), error)  # type: ignore[call-arg, arg-type]
+    else:
+        await app.handle_background_exception(error)
