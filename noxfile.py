@@ -39,7 +39,13 @@ def typecheck(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """Serve examples/app.py with hypercorn on http://127.0.0.1:5000."""
     session.install("-e", ".", "hypercorn>=0.17")
-    session.run("hypercorn", "--bind", "127.0.0.1:5000", "examples.app:app", *session.posargs)
+    session.run(
+        "hypercorn",
+        "--bind=127.0.0.1:5000",
+        "--access-logfile=-",
+        "examples.app:app",
+        *session.posargs,
+    )
 
 
 @nox.session
