@@ -8,6 +8,7 @@ import logging
 import threading
 from typing import Any
 
+import httpx
 import pytest
 from quart import Quart, request
 from quart.signals import got_background_exception
@@ -15,6 +16,7 @@ from quart.signals import got_background_exception
 from quart_deferred import after_this_response, QuartDeferred, Stats
 
 from .conftest import Client, until, wait
+from .servers import running
 
 
 def add_up(stats: Stats) -> bool:
@@ -355,3 +357,34 @@ async def test_start_soon_outside_a_request_gets_an_app_context(
     deferred.start_soon(job)  # No app context at all: one is pushed for the job.
     await deferred.join(timeout=5)
     assert seen == [(app.name, False)]
+
+
+async def test_hypercorn_stopping_drains_and_logs_what_it_cancels(
+    app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0.2
+    started = asyncio.Event()
+    finished: list[str] = []
+
+    async def quick() -> None:
+        await started.wait()
+        finished.append("quick")
+
+    async def hangs() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(hangs)
+        deferred.start_soon(quick)
+        return "ok"
+
+    async with running(app) as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/")).text == "ok"
+        await wait(started.wait())
+    # Leaving `running` stopped hypercorn, whose lifespan shutdown drained the runner.
+    assert finished == ["quick"]
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "hangs for GET / at shutdown: it was still running" in record.getMessage()
+    assert deferred.stats() == Stats(scheduled=2, succeeded=1, cancelled=1)
