@@ -1,10 +1,13 @@
 """Deferred request callbacks: Flask's ``after_this_request`` recipe on Quart's ``g``.
 
-``after_this_request`` stores callbacks on the request's state in ``g``;
-:func:`run_request_callbacks`, installed as an ``after_request`` function,
-calls them with the response. Each callback is consumed as it is called, so a
-callback that raises is never called twice and the ones after it still run
-when Quart passes the resulting 500 response through the dispatcher again.
+``after_this_request`` stores callbacks on the request's state in ``g``. On
+the first one in a request, it hands :func:`run_request_callbacks` to Quart's
+own per-request ``after_this_request``, so that Quart calls it with the
+response before the blueprint and app ``after_request`` functions, and apps
+that never use it pay nothing per request. Each callback is consumed as it is
+called, so a callback that raises is never called twice, and the ones after
+it still run when Quart passes the resulting 500 response through its
+per-request list (and so the dispatcher) again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import logging
 from typing import Any, TypeVar
 
+import quart
 from quart.globals import _cv_app
 from quart.wrappers import Websocket
 from werkzeug.sansio.response import Response as _BaseResponse
@@ -73,6 +77,8 @@ def after_this_request(func: C) -> C:
             "it from a view or a before_request function instead."
         )
         raise ContextError(msg)
+    if not state.request_callbacks:
+        quart.after_this_request(run_request_callbacks)
     state.request_callbacks.append((func, is_async))
     return func
 

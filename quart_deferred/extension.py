@@ -17,7 +17,6 @@ from quart import Quart
 from quart.globals import _cv_app
 
 from ._compat import current_source
-from .callbacks import run_request_callbacks
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, Job, make_job, When
 from .post_response import Delivery, PostResponseMiddleware
@@ -105,7 +104,7 @@ class AppState:
         """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
         source = current_source()
         if source is not None:
-            state_for(source)
+            state_for(source).capture_context()
 
 
 class QuartDeferred:
@@ -179,7 +178,6 @@ class QuartDeferred:
 
         state = AppState(self, app)
         app.extensions["quart_deferred"] = state
-        app.after_request(run_request_callbacks)
         app.asgi_app = PostResponseMiddleware(app.asgi_app, state)  # type: ignore[method-assign]
         app.while_serving(state.serve)
         self._apps.add(app)
@@ -244,8 +242,8 @@ class QuartDeferred:
             raise ContextError(msg) from None
         state = self._state(None)
         app_ctx = _cv_app.get(None)
-        context = copy_context() if app_ctx is not None and app_ctx.app is state.app else None
-        state.runner().submit(Batch([job], context, current_source()))
+        fresh = app_ctx is None or app_ctx.app is not state.app
+        state.runner().submit(Batch([job], copy_context(), current_source(), fresh))
 
     # Introspection
 

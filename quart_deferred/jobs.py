@@ -7,12 +7,16 @@ from contextvars import Context
 from dataclasses import dataclass, field
 import functools
 import inspect
-from typing import Any, cast, Literal, TYPE_CHECKING
+from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
+from types import FunctionType
+from typing import Any, Literal, TYPE_CHECKING
 
 from .exceptions import InvalidCallbackError, InvalidOptionError
 
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
+
+_GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 
 When = Literal["always", "success", "failure"]
 WHEN_VALUES: tuple[When, ...] = ("always", "success", "failure")
@@ -38,14 +42,15 @@ class Batch:
     """The jobs of one request (or one ``start_soon`` call), run one after another.
 
     ``context`` is the request's captured ``contextvars.Context``; running the
-    jobs in a copy of it gives them ``request``, ``g``, ``session`` and
-    ``current_app`` without pushing (and later tearing down) Quart contexts.
-    ``None`` means there was no app context to capture.
+    jobs in it gives them ``request``, ``g``, ``session`` and ``current_app``
+    without pushing (and later tearing down) Quart contexts. Where there was
+    no app context to capture, ``fresh_app_context`` has the runner push one.
     """
 
     jobs: list[Job]
-    context: Context | None
+    context: Context
     source: BaseRequestWebsocket | None
+    fresh_app_context: bool = False
     next: int = field(default=0)
 
     @property
@@ -77,10 +82,13 @@ def make_job(
 ) -> Job:
     """Check that *func* is something we can call later, and wrap it in a Job."""
     is_async = _is_async(func, caller)
-    return Job(cast(Callable[..., Any], func), args, kwargs, is_async, when)
+    return Job(func, args, kwargs, is_async, when)  # type: ignore[arg-type]
 
 
 def _is_async(func: object, caller: str) -> bool:
+    if type(func) is FunctionType and not func.__code__.co_flags & _GENERATOR_FLAGS:
+        # The common case, answered without inspect: a plain `def` or `async def`.
+        return bool(func.__code__.co_flags & CO_COROUTINE) or inspect.iscoroutinefunction(func)
     if inspect.iscoroutinefunction(func):
         return True
     if not callable(func):

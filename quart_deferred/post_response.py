@@ -14,9 +14,10 @@ ASGI call ends.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import Context
 from dataclasses import dataclass
 import logging
-from typing import Any, cast, overload, ParamSpec, TYPE_CHECKING, TypeVar
+from typing import Any, overload, ParamSpec, TYPE_CHECKING, TypeVar
 
 from hypercorn.typing import (
     ASGIReceiveCallable,
@@ -34,6 +35,8 @@ from .jobs import Batch, check_when, describe, Job, make_job, When
 from .state import require_exchange, SCOPE_KEY, state_for
 
 if TYPE_CHECKING:
+    from quart.wrappers import BaseRequestWebsocket
+
     from .extension import AppState
     from .runner import TaskRunner
 
@@ -109,17 +112,14 @@ class Exchange:
         self._held: TaskRunner | None = None
         self._trailers = False
 
-    def describe(self) -> str:
-        state = self.request_state
-        return "this request" if state is None else describe(state.source)
-
-    async def send_http(self, message: ASGISendEvent) -> None:
-        event = cast(dict[str, Any], message)
+    def send_http(self, message: ASGISendEvent) -> Awaitable[None]:
+        # A plain function returning the awaitable, not a coroutine: most
+        # messages pass straight through without an extra frame.
+        event: dict[str, Any] = message  # type: ignore[assignment]
         kind = event["type"]
         if kind == "http.response.body":
-            if not event.get("more_body", False) and not self._trailers:
-                await self._send_final(message)
-                return
+            if not event.get("more_body", False) and not self._trailers and self._has_work():
+                return self._send_final(message)
         elif kind == "http.response.start":
             self.status = event["status"]
             self.raw_headers = event["headers"]
@@ -127,9 +127,9 @@ class Exchange:
         elif (
             kind == "http.response.trailers" and not event.get("more_trailers", False)
         ) or kind == "http.response.pathsend":
-            await self._send_final(message)
-            return
-        await self._send(message)
+            if self._has_work():
+                return self._send_final(message)
+        return self._send(message)
 
     async def _send_final(self, message: ASGISendEvent) -> None:
         self._hold()
@@ -142,7 +142,7 @@ class Exchange:
         self.finish()
 
     async def send_websocket(self, message: ASGISendEvent) -> None:
-        event = cast(dict[str, Any], message)
+        event: dict[str, Any] = message  # type: ignore[assignment]
         kind = event["type"]
         if kind == "websocket.accept":
             self.status = 101
@@ -162,9 +162,13 @@ class Exchange:
             self._hold()
         return message
 
+    def _has_work(self) -> bool:
+        state = self.request_state
+        return bool((state is not None and state.response_jobs) or self._hooks())
+
     def _hold(self) -> None:
         """Make ``join()`` wait for this exchange from the moment its end is in sight."""
-        if self._held is None and (self.request_state is not None or self._hooks()):
+        if self._held is None and self._has_work():
             self._held = self.app_state.runner()
             self._held.hold()
 
@@ -187,37 +191,43 @@ class Exchange:
         hooks = self._hooks()
         if state is None and not hooks:
             return
-        delivery = Delivery(self.status, self.complete, tuple(self.raw_headers))
-        successful = delivery.successful
+        successful = self.complete and self.status is not None and self.status < 400
         jobs: list[Job] = []
+        context = source = None
         if state is not None:
+            self.request_state = None  # Break the cycles (see state.py).
+            context, state.context = state.context, None
+            source = state.source
             if state.request_callbacks_ran < len(state.request_callbacks):
                 log_callbacks_not_run(state)
             for job in state.response_jobs:
                 if job.when == "always" or (job.when == "success") is successful:
                     jobs.append(job)
                 else:
-                    self._skip(job, delivery)
-        for hook in hooks:
-            if hook.when == "always" or (hook.when == "success") is successful:
-                jobs.append(hook.job_for(delivery))
+                    self._skip(job, source)
+        if hooks:
+            delivery = Delivery(self.status, self.complete, tuple(self.raw_headers))
+            for hook in hooks:
+                if hook.when == "always" or (hook.when == "success") is successful:
+                    jobs.append(hook.job_for(delivery))
         if jobs:
-            runner = self.app_state.runner()
-            context = None if state is None else state.context
-            source = None if state is None else state.source
-            runner.submit(Batch(jobs, context, source))
+            runner = self._held or self.app_state.runner()
+            if context is None:  # App-wide hooks for a request that never reached Quart's hooks.
+                runner.submit(Batch(jobs, Context(), source, fresh_app_context=True))
+            else:
+                runner.submit(Batch(jobs, context, source))
 
-    def _skip(self, job: Job, delivery: Delivery) -> None:
+    def _skip(self, job: Job, source: BaseRequestWebsocket) -> None:
         self.app_state.counters.skipped += 1
         name = job.name
-        origin = self.describe()
+        origin = describe(source)
         logger.debug(
             "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",
             name,
             origin,
             job.when,
-            delivery.status_code,
-            "complete" if delivery.complete else "incomplete",
+            self.status,
+            "complete" if self.complete else "incomplete",
             extra={"deferred_callback": name, "deferred_request": origin},
         )
 
@@ -233,16 +243,18 @@ class PostResponseMiddleware:
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         kind = scope["type"]
+        writable: dict[str, Any] = scope  # type: ignore[assignment]
         if kind == "http":
             exchange = Exchange(self.state, send)
-            cast(dict[str, Any], scope)[SCOPE_KEY] = exchange
+            writable[SCOPE_KEY] = exchange
             try:
                 await self.app(scope, receive, exchange.send_http)
             finally:
-                exchange.finish()
+                if not exchange.finished:
+                    exchange.finish()
         elif kind == "websocket":
             exchange = Exchange(self.state, send, receive)
-            cast(dict[str, Any], scope)[SCOPE_KEY] = exchange
+            writable[SCOPE_KEY] = exchange
             try:
                 await self.app(scope, exchange.receive_websocket, exchange.send_websocket)
                 exchange.complete = True
@@ -316,4 +328,5 @@ def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: Wh
         raise ContextError(msg)
     state = state_for(source)
     require_exchange(state, "after_this_response")
+    state.capture_context()
     state.response_jobs.append(job)

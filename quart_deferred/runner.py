@@ -1,9 +1,11 @@
 """The supervised task runner: limits, timeouts, error reports and the drain at shutdown.
 
-Work arrives as batches (one request's post-response jobs, or one
-``start_soon`` call). A batch waits in a FIFO queue as a plain record (not a
-task) until one of ``max_concurrency`` slots is free, then runs on a task the
-runner owns, in a copy of its request's context, one job after another.
+Work arrives as batches: one request's post-response jobs, or one
+``start_soon`` call. A batch waits in a FIFO queue as a plain record, not a
+task, until one of at most ``max_concurrency`` worker tasks takes it. The
+worker runs the batch's jobs one after another, each step in the request's
+own captured context (see ``in_context.py``). Idle workers park on a future,
+so a steady stream of requests costs no task creation at all.
 
 Every job ends in exactly one of: succeeded, failed, timed out, cancelled.
 The counters move together, without an ``await`` in between, so that at
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-import contextlib
 from dataclasses import dataclass
 import logging
 import threading
@@ -26,14 +27,13 @@ import anyio
 
 from ._compat import handle_background_exception
 from .exceptions import InvalidCallbackError
+from .in_context import InContext
 from .jobs import Batch, Job
 
 if TYPE_CHECKING:
     from quart import Quart
 
 logger = logging.getLogger("quart_deferred")
-
-_NO_DEADLINE = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class Counters:
 
 
 class TaskRunner:
-    """Run batches of jobs on tasks this runner owns, on the loop it was created on."""
+    """Run batches of jobs on worker tasks this runner owns, on the loop it was created on."""
 
     def __init__(
         self,
@@ -82,14 +82,15 @@ class TaskRunner:
         self.pending = 0  # Exchanges whose final message is going out right now.
         self._counters = counters
         self._waiting: deque[Batch] = deque()
-        self._tasks: dict[asyncio.Task[None], Batch] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._busy = 0
+        self._parked: list[asyncio.Future[None]] = []
+        self._idle_waiters: list[asyncio.Future[None]] = []
 
     # Admission
 
     def submit(self, batch: Batch) -> None:
-        """Accept *batch*; start it now if a slot is free, else queue it (never drop it)."""
+        """Accept *batch* and see that a worker will take it; never drop it."""
         counters = self._counters
         count = len(batch.jobs)
         counters.scheduled += count
@@ -97,108 +98,114 @@ class TaskRunner:
         if self.closed:
             self._cancel_unstarted(batch, "it arrived after the runner had shut down")
             return
-        self._idle.clear()
-        if len(self._tasks) < self.max_concurrency and not self._waiting:
-            self._start(batch)
-        else:
-            self._waiting.append(batch)
+        self._waiting.append(batch)
+        if self._parked:
+            self._parked.pop().set_result(None)
+        elif len(self._workers) < self.max_concurrency:
+            worker = self.loop.create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
 
     def hold(self) -> None:
         """Count an exchange whose final message is being sent, so ``join`` waits for it."""
         self.pending += 1
-        self._idle.clear()
 
     def release(self) -> None:
         self.pending -= 1
-        self._check_idle()
-
-    def _start(self, batch: Batch) -> None:
-        coro = self._run(batch)
-        if batch.context is None:
-            task = self.loop.create_task(coro)
-        else:
-            # The task runs in a copy of the request's context. Context.run
-            # rather than create_task(context=...), which needs Python 3.11.
-            task = batch.context.run(self.loop.create_task, coro)
-        self._tasks[task] = batch
-        task.add_done_callback(self._on_done)
-
-    def _on_done(self, task: asyncio.Task[None]) -> None:
-        batch = self._tasks.pop(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "Quart-Deferred's runner failed around the work of %s",
-                batch.origin,
-                exc_info=task.exception(),
-            )
-        if batch.next < len(batch.jobs):
-            self._cancel_unstarted(batch, "the runner was shutting down")
-        if self._waiting and not self.closed:
-            self._start(self._waiting.popleft())
-        self._check_idle()
-
-    def _check_idle(self) -> None:
-        if not self._tasks and not self._waiting and self.pending == 0:
-            self._idle.set()
+        if self._idle_waiters:
+            self._wake_idle_waiters()
 
     # Running
 
-    async def _run(self, batch: Batch) -> None:
-        if batch.context is None:
-            # No app context was captured (start_soon outside one): give the
-            # work a fresh one, as Quart's add_background_task does.
-            async with self.app.app_context():
-                await self._run_jobs(batch)
-        else:
-            await self._run_jobs(batch)
+    async def _work(self) -> None:
+        """Be one worker: take waiting batches in FIFO order, park when there are none."""
+        waiting = self._waiting
+        while True:
+            if not waiting:
+                parked = self.loop.create_future()
+                self._parked.append(parked)
+                try:
+                    await parked
+                finally:
+                    if parked in self._parked:  # Cancelled while parked: shutdown.
+                        self._parked.remove(parked)
+                continue
+            batch = waiting.popleft()
+            self._busy += 1
+            try:
+                if batch.fresh_app_context:
+                    await InContext(self._run_in_app_context(batch), batch.context)
+                else:
+                    await InContext(self._run(batch), batch.context)
+            except Exception:
+                logger.exception(
+                    "Quart-Deferred's runner failed around the work of %s", batch.origin
+                )
+            finally:
+                self._busy -= 1
+                if batch.next < len(batch.jobs):
+                    self._cancel_unstarted(batch, "the runner was shutting down")
+                if self._idle_waiters:
+                    self._wake_idle_waiters()
 
-    async def _run_jobs(self, batch: Batch) -> None:
+    async def _run_in_app_context(self, batch: Batch) -> None:
+        # No app context was captured (start_soon outside one): give the work
+        # a fresh one, as Quart's add_background_task does.
+        async with self.app.app_context():
+            await self._run(batch)
+
+    async def _run(self, batch: Batch) -> None:
+        """Run the batch's jobs one after another, in the batch's context."""
         jobs = batch.jobs
         counters = self._counters
+        timeout = self.task_timeout
         while batch.next < len(jobs):
             job = jobs[batch.next]
             batch.next += 1
             counters.waiting -= 1
             counters.running += 1
-            await self._run_job(job, batch)
+            thread_call = None if job.is_async else _ThreadCall(job)
+            try:
+                if thread_call is None:
+                    awaitable = job.func(*job.args, **job.kwargs)
+                else:
+                    awaitable = self.app.ensure_async(thread_call)()
+                if timeout is None:
+                    await awaitable
+                else:
+                    with anyio.move_on_after(timeout) as scope:
+                        await awaitable
+                    if scope.cancelled_caught:
+                        self._timed_out(job, batch, thread_call)
+                        continue
+            except Exception as error:
+                counters.running -= 1
+                counters.failed += 1
+                await self._report(error, job, batch)
+                continue
+            except asyncio.CancelledError:  # Shutdown; the rest of the batch is logged too.
+                if thread_call is not None:
+                    self._finish_thread_call(thread_call, job, batch, shutdown=True)
+                else:
+                    counters.running -= 1
+                    counters.cancelled += 1
+                    _log_cancelled(job, batch, "it was still running")
+                raise
+            counters.running -= 1
+            counters.succeeded += 1
 
-    async def _run_job(self, job: Job, batch: Batch) -> None:
-        thread_call = None if job.is_async else _ThreadCall(job)
-        timeout = self.task_timeout
-        scope = _NO_DEADLINE if timeout is None else anyio.move_on_after(timeout)
-        try:
-            with scope:
-                try:
-                    if thread_call is None:
-                        await job.func(*job.args, **job.kwargs)
-                    else:
-                        await self.app.ensure_async(thread_call)()
-                except Exception as error:
-                    self._finish("failed")
-                    await self._report(error, job, batch)
-                    return
-        except asyncio.CancelledError:
-            if thread_call is not None:
-                self._finish_thread_call(thread_call, job, batch, shutdown=True)
-            else:
-                self._finish("cancelled")
-                _log_cancelled(job, batch, "it was still running")
-            raise
-        if scope is not _NO_DEADLINE and scope.cancelled_caught:  # type: ignore[union-attr]
-            if thread_call is not None:
-                self._finish_thread_call(thread_call, job, batch, shutdown=False)
-            else:
-                self._finish("timed_out")
-                _log(
-                    logging.ERROR,
-                    "%s for %s timed out after %ss (QUART_DEFERRED_TASK_TIMEOUT) and "
-                    "was cancelled.",
-                    job,
-                    batch,
-                    timeout,
-                )
+    def _timed_out(self, job: Job, batch: Batch, thread_call: _ThreadCall | None) -> None:
+        if thread_call is not None:
+            self._finish_thread_call(thread_call, job, batch, shutdown=False)
             return
-        self._finish("succeeded")
+        self._finish("timed_out")
+        _log(
+            logging.ERROR,
+            "%s for %s timed out after %ss (QUART_DEFERRED_TASK_TIMEOUT) and was cancelled.",
+            job,
+            batch,
+            self.task_timeout,
+        )
 
     def _finish(self, outcome: str) -> None:
         counters = self._counters
@@ -261,12 +268,21 @@ class TaskRunner:
 
     @property
     def idle(self) -> bool:
-        return self._idle.is_set()
+        return not self._waiting and self._busy == 0 and self.pending == 0
 
     async def wait_idle(self) -> None:
         """Return once nothing is waiting, running or about to be submitted."""
-        while not self._idle.is_set():
-            await self._idle.wait()
+        while not self.idle:
+            waiter = self.loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def _wake_idle_waiters(self) -> None:
+        if self.idle:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def shutdown(self, grace: float) -> None:
         """Drain for up to *grace* seconds, then cancel what is left, logging each job."""
@@ -277,12 +293,12 @@ class TaskRunner:
         for batch in self._waiting:
             self._cancel_unstarted(batch, f"the {grace}s shutdown timeout ran out")
         self._waiting.clear()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        workers = list(self._workers)
+        for worker in workers:
+            worker.cancel()
+        if workers:
             # Cancelled jobs log themselves; give them a moment to unwind.
-            await asyncio.wait(tasks, timeout=1.0)
+            await asyncio.wait(workers, timeout=1.0)
         logger.debug("Quart-Deferred drained in %.3fs", time.monotonic() - started)
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks for Quart-Deferred: ``nox -s bench`` (or ``python -m benchmarks``)."""

@@ -1,0 +1,133 @@
+"""The apps the benchmarks compare: the same tiny view, with and without extra work."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import quart
+from quart import Quart, request, Response
+
+from quart_deferred import after_this_request, after_this_response, QuartDeferred
+
+Drain = Callable[[], Awaitable[None]]
+
+
+async def noop(*args: Any) -> None:
+    pass
+
+
+def sync_noop() -> None:
+    pass
+
+
+def _app(name: str) -> Quart:
+    app = Quart(name)
+    app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 100
+    return app
+
+
+def bare() -> tuple[Quart, Drain]:
+    app = _app("bare")
+
+    @app.get("/")
+    async def index() -> str:
+        return "ok"
+
+    return app, noop
+
+
+def background_task() -> tuple[Quart, Drain]:
+    """Quart's own add_background_task(noop), waited for at the end."""
+    app = _app("background_task")
+
+    @app.get("/")
+    async def index() -> str:
+        app.add_background_task(noop)
+        return "ok"
+
+    async def drain() -> None:
+        while app.background_tasks:
+            await next(iter(app.background_tasks))
+
+    return app, drain
+
+
+def native_after_this_request() -> tuple[Quart, Drain]:
+    app = _app("native_after_this_request")
+
+    @app.get("/")
+    async def index() -> str:
+        quart.after_this_request(noop_callback)
+        return "ok"
+
+    return app, noop
+
+
+async def noop_callback(response: Response) -> Response:
+    return response
+
+
+def deferred(view: Callable[[], None] | None) -> tuple[Quart, Drain]:
+    """Our extension installed; *view* is what the view does with it (None: nothing)."""
+    app = _app("deferred")
+    extension = QuartDeferred(app)
+
+    @app.get("/")
+    async def index() -> str:
+        if view is not None:
+            view()
+        return "ok"
+
+    async def drain() -> None:
+        await extension.join()
+
+    return app, drain
+
+
+def one_after_this_request() -> None:
+    after_this_request(noop_callback)
+
+
+def one_after_this_response() -> None:
+    after_this_response(noop)
+
+
+def one_sync_after_this_response() -> None:
+    after_this_response(sync_noop)
+
+
+# Module-level apps for the served benchmark (hypercorn imports them by name).
+
+served_bare, _ = bare()
+served_deferred = Quart("served_deferred")
+served_deferred.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 100
+_served_extension = QuartDeferred(served_deferred)
+_ran: dict[str, int] = {}
+
+
+async def _record(request_id: str) -> None:
+    _ran[request_id] = _ran.get(request_id, 0) + 1
+
+
+@served_deferred.get("/")
+async def _served_index() -> str:
+    request_id = request.args.get("id")
+    if request_id is None:
+        after_this_response(noop)
+    else:
+        after_this_response(_record, request_id)
+    return "ok"
+
+
+@served_deferred.get("/_check")
+async def _served_check() -> dict[str, Any]:
+    await _served_extension.join()
+    counts = list(_ran.values())
+    stats = _served_extension.stats()
+    return {
+        "ids": len(counts),
+        "ran_more_than_once": sum(1 for count in counts if count > 1),
+        "scheduled": stats.scheduled,
+        "succeeded": stats.succeeded,
+    }

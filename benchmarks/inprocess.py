@@ -1,0 +1,89 @@
+"""Throughput and CPU per request in-process: A B A B rounds, medians of per-round ratios."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import gc
+import sys
+import time
+
+from quart import Quart
+
+from . import apps
+from .asgi import drive
+from .report import median, Report
+
+Variant = tuple[str, Callable[[], tuple[Quart, apps.Drain]]]
+
+VARIANTS: list[Variant] = [
+    ("bare Quart", apps.bare),
+    ("Quart add_background_task(noop)", apps.background_task),
+    ("Quart after_this_request (native)", apps.native_after_this_request),
+    ("ours: installed, unused", lambda: apps.deferred(None)),
+    ("ours: one after_this_request", lambda: apps.deferred(apps.one_after_this_request)),
+    ("ours: one after_this_response noop", lambda: apps.deferred(apps.one_after_this_response)),
+    (
+        "ours: one sync after_this_response",
+        lambda: apps.deferred(apps.one_sync_after_this_response),
+    ),
+]
+
+
+async def run(report: Report, *, requests: int, rounds: int) -> None:
+    built = [(name, *factory()) for name, factory in VARIANTS]
+    for concurrency in (10, 100):
+        walls: dict[str, list[float]] = {name: [] for name, _, _ in built}
+        cpus: dict[str, list[float]] = {name: [] for name, _, _ in built}
+        for _, app, drain in built:  # Warm up: imports, caches, the first runner.
+            await drive(app, 200, concurrency)
+            await drain()
+        for round_ in range(rounds):
+            order = built[round_ % len(built) :] + built[: round_ % len(built)]
+            for name, app, drain in order:
+                gc.collect()
+                wall, cpu = time.perf_counter(), time.process_time()
+                await drive(app, requests, concurrency)
+                await drain()  # Deferred work counts: it must not look free.
+                walls[name].append(time.perf_counter() - wall)
+                cpus[name].append(time.process_time() - cpu)
+            print(f"  in-process c={concurrency}: round {round_ + 1}/{rounds}", file=sys.stderr)
+        _add_rows(report, walls, cpus, requests, concurrency)
+
+
+def _add_rows(
+    report: Report,
+    walls: dict[str, list[float]],
+    cpus: dict[str, list[float]],
+    requests: int,
+    concurrency: int,
+) -> None:
+    bare_walls, bare_cpus = walls["bare Quart"], cpus["bare Quart"]
+
+    def ratio(name: str) -> float:
+        return median([b / v for b, v in zip(bare_walls, walls[name], strict=True)])
+
+    def extra_us(name: str) -> float:
+        return median(
+            [(v - b) / requests * 1e6 for b, v in zip(bare_cpus, cpus[name], strict=True)]
+        )
+
+    section = f"in-process c={concurrency}"
+    for name in walls:
+        rps = requests / median(walls[name])
+        cpu_us = median(cpus[name]) / requests * 1e6
+        measured = f"{rps:,.0f} req/s, {cpu_us:.1f} µs CPU"
+        if name != "bare Quart":
+            measured += f", x{ratio(name):.3f}, {extra_us(name):+.1f} µs"
+        goal, ok = "", None
+        if name == "ours: installed, unused":
+            goal, ok = "≤ 3 µs, ≥ x0.98", extra_us(name) <= 3 and ratio(name) >= 0.98
+        elif name == "ours: one after_this_request":
+            native = extra_us("Quart after_this_request (native)")
+            goal, ok = f"≤ native {native:+.1f} + 3 µs", extra_us(name) <= native + 3
+        elif name == "ours: one after_this_response noop":
+            background = extra_us("Quart add_background_task(noop)")
+            goal = f"≤ 12 µs, ≥ x0.94, < add_background_task ({background:+.1f} µs)"
+            ok = extra_us(name) <= 12 and ratio(name) >= 0.94 and extra_us(name) < background
+        elif name == "ours: one sync after_this_response":
+            goal, ok = "≤ 80 µs", extra_us(name) <= 80
+        report.add(section, name, measured, goal, ok)
