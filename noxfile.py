@@ -32,7 +32,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Run mypy --strict over the package, tests, examples and this file."""
     session.install("-e", ".[test]", "mypy>=1.10", "nox")
-    session.run("mypy", "quart_deferred", "tests", "examples", "noxfile.py")
+    session.run("mypy", "quart_deferred", "tests", "examples", "benchmarks", "noxfile.py")
 
 
 @nox.session

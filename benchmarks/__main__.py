@@ -9,7 +9,7 @@ import os
 import platform
 import sys
 
-from . import inprocess
+from . import inprocess, latency, memory, served
 from .report import Report
 
 SECTIONS = ("inprocess", "latency", "served", "memory")
@@ -32,6 +32,12 @@ async def main(arguments: argparse.Namespace) -> Report:
     report = Report()
     if "inprocess" in arguments.only:
         await inprocess.run(report, requests=arguments.requests, rounds=arguments.rounds)
+    if "latency" in arguments.only:
+        await latency.run(report, rounds=arguments.rounds)
+    if "served" in arguments.only:
+        await served.run(report, rounds=arguments.rounds, requests=arguments.served_requests)
+    if "memory" in arguments.only:
+        await memory.run(report, requests=arguments.memory_requests)
     return report
 
 
@@ -43,9 +49,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--requests", type=int, default=3000, help="requests per in-process run")
     parser.add_argument("--rounds", type=int, default=7, help="A B A B rounds per comparison")
+    parser.add_argument("--served-requests", type=int, default=5000, help="requests per load round")
+    parser.add_argument("--memory-requests", type=int, default=100_000, help="callbacks held")
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.rounds = 500, 3
+        args.requests, args.rounds, args.served_requests, args.memory_requests = 500, 3, 1000, 5000
     print(f"Machine: {machine()}", file=sys.stderr)
     result = asyncio.run(main(args))
     print(f"\nMachine: {machine()}\nCommand: python -m benchmarks {' '.join(sys.argv[1:])}\n")

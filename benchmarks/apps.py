@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import quart
-from quart import Quart, request, Response
+from quart import Quart, request
+from quart.typing import ResponseTypes
 
 from quart_deferred import after_this_request, after_this_response, QuartDeferred
 
@@ -32,6 +33,17 @@ def bare() -> tuple[Quart, Drain]:
 
     @app.get("/")
     async def index() -> str:
+        return "ok"
+
+    return app, noop
+
+
+def sync_view() -> tuple[Quart, Drain]:
+    """Bare Quart with a plain `def` view: one thread hop through Quart's run_sync."""
+    app = _app("sync_view")
+
+    @app.get("/")
+    def index() -> str:
         return "ok"
 
     return app, noop
@@ -64,7 +76,7 @@ def native_after_this_request() -> tuple[Quart, Drain]:
     return app, noop
 
 
-async def noop_callback(response: Response) -> Response:
+async def noop_callback(response: ResponseTypes) -> ResponseTypes:
     return response
 
 
@@ -97,9 +109,18 @@ def one_sync_after_this_response() -> None:
     after_this_response(sync_noop)
 
 
-# Module-level apps for the served benchmark (hypercorn imports them by name).
+# Module-level apps for the served benchmark (hypercorn imports them by name). Both
+# views read the request id, so the only difference is the post-response job.
 
-served_bare, _ = bare()
+served_bare = Quart("served_bare")
+
+
+@served_bare.get("/")
+async def _served_bare_index() -> str:
+    request.args.get("id")
+    return "ok"
+
+
 served_deferred = Quart("served_deferred")
 served_deferred.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 100
 _served_extension = QuartDeferred(served_deferred)
