@@ -9,10 +9,10 @@ import os
 import platform
 import sys
 
-from . import inprocess, latency, memory, served
+from . import inprocess, instructions, latency, memory, served
 from .report import Report
 
-SECTIONS = ("inprocess", "latency", "served", "memory")
+SECTIONS = ("inprocess", "instructions", "latency", "served", "memory")
 
 
 def machine() -> str:
@@ -32,6 +32,8 @@ async def main(arguments: argparse.Namespace) -> Report:
     report = Report()
     if "inprocess" in arguments.only:
         await inprocess.run(report, requests=arguments.requests, rounds=arguments.rounds)
+    if "instructions" in arguments.only:
+        instructions.run(report)
     if "latency" in arguments.only:
         await latency.run(report, rounds=arguments.rounds)
     if "served" in arguments.only:

@@ -39,6 +39,11 @@ async def run(report: Report, *, requests: int, rounds: int) -> None:
         for _, app, drain in built:  # Warm up: imports, caches, the first runner.
             await drive(app, 200, concurrency)
             await drain()
+        # Long-lived objects out of the collector's way, as gc.freeze() after start-up
+        # does in production: otherwise a full collection over all these apps lands on
+        # whichever variant happens to trigger it. Young collections still count.
+        gc.collect()
+        gc.freeze()
         for round_ in range(rounds):
             order = built if round_ % 2 == 0 else built[::-1]  # A B B A: drift cancels out.
             for name, app, drain in order:
@@ -49,6 +54,7 @@ async def run(report: Report, *, requests: int, rounds: int) -> None:
                 walls[name].append(time.perf_counter() - wall)
                 cpus[name].append(time.process_time() - cpu)
             print(f"  in-process c={concurrency}: round {round_ + 1}/{rounds}", file=sys.stderr)
+        gc.unfreeze()
         _add_rows(report, walls, cpus, requests, concurrency)
 
 

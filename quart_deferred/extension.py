@@ -96,7 +96,9 @@ class AppState:
 
     async def serve(self) -> AsyncGenerator[None, None]:
         """Tie the runner to the app's serving lifetime (a ``while_serving`` function)."""
-        self.open_runner()
+        runner = self.current_runner
+        if runner is None or runner.closed:  # Keep one a before_serving function started.
+            self.open_runner()
         yield
         await self.runner().shutdown(_seconds(self.app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
 

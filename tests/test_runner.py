@@ -388,3 +388,24 @@ async def test_hypercorn_stopping_drains_and_logs_what_it_cancels(
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "hangs for GET / at shutdown: it was still running" in record.getMessage()
     assert deferred.stats() == Stats(scheduled=2, succeeded=1, cancelled=1)
+
+
+async def test_work_started_before_serving_is_kept_and_drained(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    ran: list[str] = []
+    release = asyncio.Event()
+
+    async def warm_cache() -> None:
+        await release.wait()
+        ran.append("warm_cache")
+
+    @app.before_serving
+    async def start_warming() -> None:
+        deferred.start_soon(warm_cache)
+
+    async with app.test_app():
+        assert deferred.stats().running == 1
+        release.set()
+    assert ran == ["warm_cache"]
+    assert deferred.stats() == Stats(scheduled=1, succeeded=1)
