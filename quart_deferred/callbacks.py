@@ -24,7 +24,7 @@ from werkzeug.sansio.response import Response as _BaseResponse
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import _is_async, callable_name, describe
-from .state import existing_state, state_for
+from .state import existing_state, RequestState, state_for
 
 logger = logging.getLogger("quart_deferred")
 
@@ -110,7 +110,7 @@ async def run_request_callbacks(response: ResponseT) -> ResponseT:
     return response
 
 
-def log_callbacks_not_run(state: Any) -> None:
+def log_callbacks_not_run(state: RequestState) -> None:
     """Log each ``after_this_request`` callback the exchange ended without calling."""
     for func, _ in state.request_callbacks[state.request_callbacks_ran :]:
         name = callable_name(func)

@@ -24,7 +24,6 @@ from .runner import Counters, Stats, TaskRunner
 from .state import state_for
 
 P = ParamSpec("P")
-R = TypeVar("R")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
 
 logger = logging.getLogger("quart_deferred")

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from .extension import AppState
     from .runner import TaskRunner
+    from .state import RequestState
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -74,7 +75,12 @@ class Delivery:
     @property
     def successful(self) -> bool:
         """Whether ``when="success"`` work runs for this exchange."""
-        return self.complete and self.status_code is not None and self.status_code < 400
+        return _successful(self.complete, self.status_code)
+
+
+def _successful(complete: bool, status: int | None) -> bool:
+    """The final body went out and the status is below 400: what ``when="success"`` means."""
+    return complete and status is not None and status < 400
 
 
 class Exchange:
@@ -101,7 +107,7 @@ class Exchange:
         receive: ASGIReceiveCallable | None = None,
     ) -> None:
         self.app_state = app_state
-        self.request_state: Any = None
+        self.request_state: RequestState | None = None
         self.finished = False
         self.complete = False
         self.status: int | None = None
@@ -191,7 +197,7 @@ class Exchange:
         hooks = self._hooks()
         if state is None and not hooks:
             return
-        successful = self.complete and self.status is not None and self.status < 400
+        successful = _successful(self.complete, self.status)
         jobs: list[Job] = []
         context = source = None
         if state is not None:

@@ -19,16 +19,15 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass
 import logging
-import threading
 import time
 from typing import Any, TYPE_CHECKING
 
 import anyio
 
 from ._compat import handle_background_exception
-from .exceptions import InvalidCallbackError
 from .in_context import InContext
 from .jobs import Batch, Job
+from .threads import ThreadCall
 
 if TYPE_CHECKING:
     from quart import Quart
@@ -164,7 +163,7 @@ class TaskRunner:
             batch.next += 1
             counters.waiting -= 1
             counters.running += 1
-            thread_call = None if job.is_async else _ThreadCall(job)
+            thread_call = None if job.is_async else ThreadCall(job)
             try:
                 if thread_call is None:
                     awaitable = job.func(*job.args, **job.kwargs)
@@ -194,7 +193,7 @@ class TaskRunner:
             counters.running -= 1
             counters.succeeded += 1
 
-    def _timed_out(self, job: Job, batch: Batch, thread_call: _ThreadCall | None) -> None:
+    def _timed_out(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
         if thread_call is not None:
             self._finish_thread_call(thread_call, job, batch, shutdown=False)
             return
@@ -213,17 +212,17 @@ class TaskRunner:
         setattr(counters, outcome, getattr(counters, outcome) + 1)
 
     def _finish_thread_call(
-        self, thread_call: _ThreadCall, job: Job, batch: Batch, *, shutdown: bool
+        self, thread_call: ThreadCall, job: Job, batch: Batch, *, shutdown: bool
     ) -> None:
         """Account for a sync job whose await was cut short by shutdown or its timeout."""
         state = thread_call.abandon()
-        if state == _ThreadCall.DONE:  # It finished just as the await was cut short.
+        if state == ThreadCall.DONE:  # It finished just as the await was cut short.
             if thread_call.error is None:
                 self._finish("succeeded")
             else:
                 self._finish("failed")
                 _log(logging.ERROR, "%s for %s failed.", job, batch, exc=thread_call.error)
-        elif state == _ThreadCall.NEVER_STARTED:
+        elif state == ThreadCall.NEVER_STARTED:
             if shutdown:
                 self._finish("cancelled")
                 _log_cancelled(job, batch, "it was still waiting for a free thread")
@@ -300,63 +299,6 @@ class TaskRunner:
             # Cancelled jobs log themselves; give them a moment to unwind.
             await asyncio.wait(workers, timeout=1.0)
         logger.debug("Quart-Deferred drained in %.3fs", time.monotonic() - started)
-
-
-class _ThreadCall:
-    """Run a sync job on a thread and know, later, whether it ever started or ended.
-
-    ``ensure_async`` gives back an awaitable that can be abandoned but not the
-    thread behind it. This wrapper records the truth under a lock, so the
-    runner never reports as cancelled a function that is in fact running.
-    """
-
-    NEVER_STARTED, RUNNING, DONE = range(3)
-    __slots__ = ("abandoned", "error", "job", "lock", "state")
-
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.lock = threading.Lock()
-        self.state = self.NEVER_STARTED
-        self.abandoned = False
-        self.error: BaseException | None = None
-
-    def __call__(self) -> None:
-        with self.lock:
-            if self.abandoned:  # Given up on before a thread picked it up: don't run.
-                return
-            self.state = self.RUNNING
-        job = self.job
-        try:
-            result: Any = job.func(*job.args, **job.kwargs)
-            if hasattr(result, "__await__"):
-                if hasattr(result, "close"):
-                    result.close()
-                msg = (
-                    f"The plain function {job.name} returned an awaitable, which would "
-                    "never be awaited. Make it an async def function, or pass the async "
-                    "function itself."
-                )
-                raise InvalidCallbackError(msg)
-        except BaseException as error:
-            self.error = error
-            raise
-        finally:
-            with self.lock:
-                self.state = self.DONE
-                late = self.abandoned
-            if late:
-                logger.info(
-                    "%s finished on its thread after it had been given up on.",
-                    job.name,
-                    extra={"deferred_callback": job.name},
-                )
-
-    def abandon(self) -> int:
-        """Stop waiting for the call and return its state: it never will start, is
-        still running on its thread, or is already done."""
-        with self.lock:
-            self.abandoned = True
-            return self.state
 
 
 def _log(
