@@ -7,6 +7,7 @@ from .exceptions import (
     InvalidCallbackError,
     InvalidOptionError,
     NotInitialisedError,
+    OverloadedError,
 )
 from .extension import QuartDeferred
 from .post_response import after_this_response, Delivery
@@ -19,6 +20,7 @@ __all__ = [
     "InvalidCallbackError",
     "InvalidOptionError",
     "NotInitialisedError",
+    "OverloadedError",
     "QuartDeferred",
     "Stats",
     "after_this_request",

@@ -3,6 +3,7 @@
     DeferredError
      ├── ContextError (RuntimeError)         wrong place or time to call
      │    └── NotInitialisedError            the app has no QuartDeferred
+     ├── OverloadedError (RuntimeError)      too much work already waiting
      ├── InvalidCallbackError (TypeError)    not something we can call
      └── InvalidOptionError (ValueError)     a bad ``when=`` or config value
 
@@ -23,6 +24,10 @@ class ContextError(DeferredError, RuntimeError):
 
 class NotInitialisedError(ContextError):
     """Raised when the current app was never passed to ``QuartDeferred``."""
+
+
+class OverloadedError(DeferredError, RuntimeError):
+    """Raised when ``QUART_DEFERRED_MAX_PENDING`` jobs are already waiting; answer 503."""
 
 
 class InvalidCallbackError(DeferredError, TypeError):

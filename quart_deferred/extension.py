@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "QUART_DEFERRED_MAX_CONCURRENCY": 100,  # Jobs running at once; more wait in FIFO order.
     "QUART_DEFERRED_TASK_TIMEOUT": None,  # Seconds per job; None for no limit.
     "QUART_DEFERRED_SHUTDOWN_TIMEOUT": 5.0,  # Seconds to drain at shutdown.
+    "QUART_DEFERRED_MAX_PENDING": None,  # Waiting jobs before new ones are refused; None: no limit.
 }
 
 
@@ -66,6 +67,11 @@ class AppState:
             runner = self.open_runner()
         return runner
 
+    @property
+    def max_pending(self) -> int | None:
+        value: int | None = self.app.config["QUART_DEFERRED_MAX_PENDING"]
+        return value
+
     def open_runner(self) -> TaskRunner:
         old = self._runner
         if old is not None and not old.closed and not old.idle:
@@ -80,6 +86,7 @@ class AppState:
             self.counters,
             max_concurrency=_positive_int(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
             task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
+            max_pending=_optional_positive_int(config, "QUART_DEFERRED_MAX_PENDING"),
         )
         return self._runner
 
@@ -128,6 +135,7 @@ class QuartDeferred:
         max_concurrency: Overrides ``QUART_DEFERRED_MAX_CONCURRENCY``.
         task_timeout: Overrides ``QUART_DEFERRED_TASK_TIMEOUT``.
         shutdown_timeout: Overrides ``QUART_DEFERRED_SHUTDOWN_TIMEOUT``.
+        max_pending: Overrides ``QUART_DEFERRED_MAX_PENDING``.
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class QuartDeferred:
         max_concurrency: int | None = None,
         task_timeout: float | None = None,
         shutdown_timeout: float | None = None,
+        max_pending: int | None = None,
     ) -> None:
         self.overrides = {
             key: value
@@ -144,6 +153,7 @@ class QuartDeferred:
                 ("QUART_DEFERRED_MAX_CONCURRENCY", max_concurrency),
                 ("QUART_DEFERRED_TASK_TIMEOUT", task_timeout),
                 ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", shutdown_timeout),
+                ("QUART_DEFERRED_MAX_PENDING", max_pending),
             )
             if value is not None
         }
@@ -164,6 +174,7 @@ class QuartDeferred:
             app.config.setdefault(key, value)
         app.config.update(self.overrides)
         _positive_int(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
+        _optional_positive_int(app.config, "QUART_DEFERRED_MAX_PENDING")
         if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
@@ -244,7 +255,9 @@ class QuartDeferred:
         state = self._state(None)
         app_ctx = _cv_app.get(None)
         fresh = app_ctx is None or app_ctx.app is not state.app
-        state.runner().submit(Batch([job], copy_context(), current_source(), fresh))
+        runner = state.runner()
+        runner.admit(func, "start_soon")
+        runner.submit(Batch([job], copy_context(), current_source(), fresh))
 
     # Introspection
 
@@ -333,6 +346,16 @@ def _positive_int(config: Any, key: str) -> int:
         msg = f"{key} must be a whole number of 1 or more, got {value!r}."
         raise InvalidOptionError(msg)
     return value
+
+
+def _optional_positive_int(config: Any, key: str) -> int | None:
+    if config[key] is None:
+        return None
+    try:
+        return _positive_int(config, key)
+    except InvalidOptionError:
+        msg = f"{key} must be a whole number of 1 or more, or None, got {config[key]!r}."
+        raise InvalidOptionError(msg) from None
 
 
 def _seconds(config: Any, key: str) -> float:

@@ -25,8 +25,9 @@ from typing import Any, TYPE_CHECKING
 import anyio
 
 from ._compat import handle_background_exception
+from .exceptions import OverloadedError
 from .in_context import InContext
-from .jobs import Batch, Job
+from .jobs import Batch, callable_name, Job
 from .threads import ThreadCall
 
 if TYPE_CHECKING:
@@ -72,11 +73,14 @@ class TaskRunner:
         *,
         max_concurrency: int,
         task_timeout: float | None,
+        max_pending: int | None = None,
     ) -> None:
         self.app = app
         self.loop = asyncio.get_running_loop()
         self.max_concurrency = max_concurrency
         self.task_timeout = task_timeout
+        self.max_pending = max_pending
+        self._crowded = False  # Waiting work is past 80% of max_pending.
         self.closed = False
         self.pending = 0  # Exchanges whose final message is going out right now.
         self._counters = counters
@@ -88,6 +92,17 @@ class TaskRunner:
 
     # Admission
 
+    def admit(self, func: object, caller: str) -> None:
+        """Refuse new work with ``OverloadedError`` while ``max_pending`` jobs are waiting."""
+        limit = self.max_pending
+        if limit is not None and self._counters.waiting >= limit:
+            msg = (
+                f"{caller}() refused {callable_name(func)}: {self._counters.waiting} jobs are "
+                f"already waiting to run (QUART_DEFERRED_MAX_PENDING={limit}). Answer 503 "
+                "Service Unavailable and let the client retry, or raise the limit."
+            )
+            raise OverloadedError(msg)
+
     def submit(self, batch: Batch) -> None:
         """Accept *batch* and see that a worker will take it; never drop it."""
         counters = self._counters
@@ -98,12 +113,27 @@ class TaskRunner:
             self._cancel_unstarted(batch, "it arrived after the runner had shut down")
             return
         self._waiting.append(batch)
+        if self.max_pending is not None:
+            self._check_crowding()
         if self._parked:
             self._parked.pop().set_result(None)
         elif len(self._workers) < self.max_concurrency:
             worker = self.loop.create_task(self._work())
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
+
+    def _check_crowding(self) -> None:
+        """Warn once each time waiting work climbs past 80% of ``max_pending``."""
+        assert self.max_pending is not None
+        crowded = self._counters.waiting >= 0.8 * self.max_pending
+        if crowded and not self._crowded:
+            logger.warning(
+                "%d jobs are waiting to run, 80%% of QUART_DEFERRED_MAX_PENDING=%d; new work "
+                "will be refused with OverloadedError once it is reached.",
+                self._counters.waiting,
+                self.max_pending,
+            )
+        self._crowded = crowded
 
     def hold(self) -> None:
         """Count an exchange whose final message is being sent, so ``join`` waits for it."""
@@ -142,6 +172,8 @@ class TaskRunner:
                 )
             finally:
                 self._busy -= 1
+                if self._crowded:
+                    self._check_crowding()
                 if batch.next < len(batch.jobs):
                     self._cancel_unstarted(batch, "the runner was shutting down")
                 if self._idle_waiters:
