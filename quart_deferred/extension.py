@@ -67,11 +67,6 @@ class AppState:
             runner = self.open_runner()
         return runner
 
-    @property
-    def max_pending(self) -> int | None:
-        value: int | None = self.app.config["QUART_DEFERRED_MAX_PENDING"]
-        return value
-
     def open_runner(self) -> TaskRunner:
         old = self._runner
         if old is not None and not old.closed and not old.idle:

@@ -334,7 +334,6 @@ def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: Wh
         raise ContextError(msg)
     state = state_for(source)
     exchange = require_exchange(state, "after_this_response")
-    if exchange.app_state.max_pending is not None:
-        exchange.app_state.runner().admit(func, "after_this_response")
+    exchange.app_state.runner().admit(func, "after_this_response")
     state.capture_context()
     state.response_jobs.append(job)
