@@ -10,14 +10,23 @@ import time
 class Connection:
     """One keep-alive connection that sends GET requests one after another."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        self.port = port
 
     @classmethod
     async def open(cls, host: str, port: int) -> Connection:
         reader, writer = await asyncio.open_connection(host, port)
-        return cls(reader, writer)
+        return cls(reader, writer, port)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def get(self, path: str) -> tuple[int, bytes]:
         self.writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "QUART_DEFERRED_TASK_TIMEOUT": None,  # Seconds per job; None for no limit.
     "QUART_DEFERRED_SHUTDOWN_TIMEOUT": 5.0,  # Seconds to drain at shutdown.
     "QUART_DEFERRED_MAX_PENDING": None,  # Waiting jobs before new ones are refused; None: no limit.
+    "QUART_DEFERRED_THREADS": 8,  # Threads for plain def jobs, apart from Quart's run_sync.
 }
 
 
@@ -82,6 +83,7 @@ class AppState:
             max_concurrency=_positive_int(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
             task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
             max_pending=_optional_positive_int(config, "QUART_DEFERRED_MAX_PENDING"),
+            threads=_positive_int(config, "QUART_DEFERRED_THREADS"),
         )
         return self._runner
 
@@ -131,6 +133,7 @@ class QuartDeferred:
         task_timeout: Overrides ``QUART_DEFERRED_TASK_TIMEOUT``.
         shutdown_timeout: Overrides ``QUART_DEFERRED_SHUTDOWN_TIMEOUT``.
         max_pending: Overrides ``QUART_DEFERRED_MAX_PENDING``.
+        threads: Overrides ``QUART_DEFERRED_THREADS``.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class QuartDeferred:
         task_timeout: float | None = None,
         shutdown_timeout: float | None = None,
         max_pending: int | None = None,
+        threads: int | None = None,
     ) -> None:
         self.overrides = {
             key: value
@@ -149,6 +153,7 @@ class QuartDeferred:
                 ("QUART_DEFERRED_TASK_TIMEOUT", task_timeout),
                 ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", shutdown_timeout),
                 ("QUART_DEFERRED_MAX_PENDING", max_pending),
+                ("QUART_DEFERRED_THREADS", threads),
             )
             if value is not None
         }
@@ -170,6 +175,7 @@ class QuartDeferred:
         app.config.update(self.overrides)
         _positive_int(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
         _optional_positive_int(app.config, "QUART_DEFERRED_MAX_PENDING")
+        _positive_int(app.config, "QUART_DEFERRED_THREADS")
         if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass
 import logging
 import time
@@ -74,12 +76,15 @@ class TaskRunner:
         max_concurrency: int,
         task_timeout: float | None,
         max_pending: int | None = None,
+        threads: int = 8,
     ) -> None:
         self.app = app
         self.loop = asyncio.get_running_loop()
         self.max_concurrency = max_concurrency
         self.task_timeout = task_timeout
         self.max_pending = max_pending
+        self.threads = threads
+        self._executor: ThreadPoolExecutor | None = None  # Started with the first plain job.
         self._crowded = False  # Waiting work is past 80% of max_pending.
         self.closed = False
         self.pending = 0  # Exchanges whose final message is going out right now.
@@ -178,6 +183,9 @@ class TaskRunner:
                     self._cancel_unstarted(batch, "the runner was shutting down")
                 if self._idle_waiters:
                     self._wake_idle_waiters()
+            # Parked workers must not keep their last request (its g, its
+            # database connection) alive until more work arrives.
+            del batch
 
     async def _run_in_app_context(self, batch: Batch) -> None:
         # No app context was captured (start_soon outside one): give the work
@@ -200,7 +208,7 @@ class TaskRunner:
                 if thread_call is None:
                     awaitable = job.func(*job.args, **job.kwargs)
                 else:
-                    awaitable = self.app.ensure_async(thread_call)()
+                    awaitable = self._on_thread(thread_call)
                 if timeout is None:
                     await awaitable
                 else:
@@ -224,6 +232,20 @@ class TaskRunner:
                 raise
             counters.running -= 1
             counters.succeeded += 1
+
+    def _on_thread(self, thread_call: ThreadCall) -> asyncio.Future[None]:
+        """Run *thread_call* on the runner's own threads, in a copy of the current context.
+
+        Not Quart's ``run_sync`` (the loop's default executor): blocking
+        post-response work must not take the threads that plain ``def`` views
+        need to answer requests.
+        """
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="quart-deferred"
+            )
+        return self.loop.run_in_executor(executor, copy_context().run, thread_call)
 
     def _timed_out(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
         if thread_call is not None:
@@ -330,6 +352,10 @@ class TaskRunner:
         if workers:
             # Cancelled jobs log themselves; give them a moment to unwind.
             await asyncio.wait(workers, timeout=1.0)
+        if self._executor is not None:
+            # Plain functions still on their threads run on (they cannot be
+            # stopped); the ones that never started are dropped, and were logged.
+            self._executor.shutdown(wait=False, cancel_futures=True)
         logger.debug("Quart-Deferred drained in %.3fs", time.monotonic() - started)
 
 

@@ -52,6 +52,8 @@ def test_initialising_twice_is_an_error() -> None:
         ("QUART_DEFERRED_MAX_CONCURRENCY", "10", "whole number of 1 or more, got '10'"),
         ("QUART_DEFERRED_TASK_TIMEOUT", -1, r"seconds \(0 or more\) or None, got -1"),
         ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", None, r"seconds \(0 or more\), got None"),
+        ("QUART_DEFERRED_MAX_PENDING", 0, "whole number of 1 or more, or None, got 0"),
+        ("QUART_DEFERRED_THREADS", None, "QUART_DEFERRED_THREADS must be a whole number"),
     ],
 )
 def test_bad_config_is_a_clear_error(key: str, value: object, match: str) -> None:
