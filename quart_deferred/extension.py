@@ -87,6 +87,12 @@ class AppState:
         )
         return self._runner
 
+    def admit(self, func: object, caller: str) -> None:
+        """Refuse new work past ``max_pending``; callable from a plain view's thread too."""
+        runner = self._runner  # Any loop's: the counters are the app's, not the loop's.
+        if runner is not None:
+            runner.admit(func, caller)
+
     @property
     def current_runner(self) -> TaskRunner | None:
         """The runner of the running loop if there is one, without starting one."""

@@ -334,6 +334,6 @@ def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: Wh
         raise ContextError(msg)
     state = state_for(source)
     exchange = require_exchange(state, "after_this_response")
-    exchange.app_state.runner().admit(func, "after_this_response")
+    exchange.app_state.admit(func, "after_this_response")
     state.capture_context()
     state.response_jobs.append(job)

@@ -15,6 +15,7 @@ scope instead of keeping a reference to it.
 
 from __future__ import annotations
 
+import asyncio
 from contextvars import Context, copy_context
 from dataclasses import dataclass, field
 from typing import Any, TYPE_CHECKING
@@ -80,6 +81,14 @@ def existing_state() -> RequestState | None:
     return state
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def require_exchange(state: RequestState, caller: str) -> Exchange:
     """Return the exchange the state belongs to, or raise why work cannot be added to it."""
     exchange = state.exchange
@@ -95,7 +104,8 @@ def require_exchange(state: RequestState, caller: str) -> Exchange:
         msg = (
             f"{caller}() was called after the response to {describe(state.source)} had "
             "already been sent, so there is no 'after the response' left to wait for. "
-            "Use deferred.start_soon() to start more work from here."
+            "Use deferred.start_soon() to start more work from here"
+            + ("." if _on_event_loop() else " (from an async def job: plain jobs run on a thread).")
         )
         raise ContextError(msg)
     return exchange

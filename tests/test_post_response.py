@@ -438,3 +438,42 @@ async def test_five_hundred_concurrent_requests_each_see_only_their_own(
     assert sorted(seen) == sorted((kind, i, i, i) for i in ids for kind in ("async", "sync"))
     stats = deferred.stats()
     assert (stats.scheduled, stats.succeeded) == (1000, 1000)
+
+
+async def test_a_plain_def_view_registers_work_from_its_thread(
+    app: Quart, deferred: QuartDeferred, client: Client
+) -> None:
+    """Quart runs a plain view on a thread; registering from there works as from async code."""
+    ran: list[str] = []
+
+    @app.get("/")
+    def index() -> str:
+        after_this_response(ran.append, f"after {request.path}")
+        return "ok"
+
+    reply = await client.get("/")
+    await deferred.join(timeout=5)
+    assert (reply.status_code, ran) == (200, ["after /"])
+
+
+async def test_registering_from_a_plain_jobs_thread_says_what_to_do(
+    app: Quart, deferred: QuartDeferred, client: Client
+) -> None:
+    errors: list[str] = []
+
+    def job() -> None:
+        try:
+            after_this_response(print)
+        except ContextError as error:
+            errors.append(str(error))
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(job)
+        return "ok"
+
+    await client.get("/")
+    await deferred.join(timeout=5)
+    assert len(errors) == 1
+    assert "already been sent" in errors[0]
+    assert "from an async def job: plain jobs run on a thread" in errors[0]
