@@ -57,16 +57,18 @@ async def test_a_non_callable_is_refused(app: Quart) -> None:
     assert "expected a function to call later, got 'send_mail' of type str" in str(error)
 
 
-async def test_generator_functions_are_refused(app: Quart) -> None:
+@pytest.mark.parametrize("kind", ["async generator", "generator"])
+async def test_generator_functions_are_refused(app: Quart, kind: str) -> None:
     async def agen() -> AsyncIterator[int]:
         yield 1
 
     def gen() -> Iterator[int]:
         yield 1
 
-    errors = await _in_view(app, lambda: [after_this_response(agen), after_this_response(gen)])
-    [error] = errors
-    assert "generator function" in str(error) and "agen" in str(error)
+    func, name = (agen, "agen") if kind == "async generator" else (gen, "gen")
+    [error] = await _in_view(app, lambda: after_this_response(func))
+    assert isinstance(error, InvalidCallbackError)
+    assert "generator function" in str(error) and f".{name};" in str(error)
 
 
 async def test_an_unknown_when_is_refused(app: Quart) -> None:

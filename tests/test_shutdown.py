@@ -82,8 +82,8 @@ async def test_sigterm_under_load_every_callback_completes_or_is_logged_cancelle
     assert len(_list(r"^INFO completed (\d+)$", output)) == len(completed)  # No job ran twice.
     assert took < SHUTDOWN_TIMEOUT + MARGIN, f"exit took {took:.2f}s after SIGTERM"
     print(
-        f"scheduled {len(scheduled)}, completed {len(completed)}, cancelled {len(cancelled)}, "
-        f"exited {took:.2f}s after SIGTERM"
+        f"\nshutdown: scheduled {len(scheduled)}, completed {len(completed)}, "
+        f"cancelled {len(cancelled)}, exited {took:.2f}s after SIGTERM"
     )
 
 
