@@ -58,6 +58,7 @@ class AppState:
         self.extension = extension
         self.app = app
         self.counters = Counters()
+        self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
         self.capturing = False
         self._runner: TaskRunner | None = None
 
@@ -80,6 +81,7 @@ class AppState:
         self._runner = TaskRunner(
             self.app,
             self.counters,
+            self.keys,
             max_concurrency=_positive_int(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
             task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
             max_pending=_optional_positive_int(config, "QUART_DEFERRED_MAX_PENDING"),

@@ -31,6 +31,7 @@ class Job:
     kwargs: dict[str, Any]
     is_async: bool
     when: When = "always"
+    key: str | None = None  # De-duplication: one job per key waiting or running at a time.
 
     @property
     def name(self) -> str:
@@ -78,11 +79,26 @@ def check_when(when: object, caller: str) -> When:
 
 
 def make_job(
-    func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When, caller: str
+    func: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    when: When,
+    caller: str,
+    key: str | None = None,
 ) -> Job:
     """Check that *func* is something we can call later, and wrap it in a Job."""
     is_async = _is_async(func, caller)
-    return Job(func, args, kwargs, is_async, when)  # type: ignore[arg-type]
+    return Job(func, args, kwargs, is_async, when, key)  # type: ignore[arg-type]
+
+
+def check_key(key: object, caller: str) -> str | None:
+    if key is None or (isinstance(key, str) and key):
+        return key
+    msg = (
+        f"{caller}() got key={key!r}. A key must be a non-empty string naming the work, "
+        "e.g. key=f'feed:{user_id}', or None for no de-duplication."
+    )
+    raise InvalidOptionError(msg)
 
 
 def _is_async(func: object, caller: str) -> bool:

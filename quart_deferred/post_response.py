@@ -31,7 +31,7 @@ from werkzeug.datastructures import Headers
 from ._compat import current_source
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import Batch, check_when, describe, Job, make_job, When
+from .jobs import Batch, check_key, check_when, describe, Job, make_job, When
 from .state import require_exchange, SCOPE_KEY, state_for
 
 if TYPE_CHECKING:
@@ -225,6 +225,8 @@ class Exchange:
 
     def _skip(self, job: Job, source: BaseRequestWebsocket) -> None:
         self.app_state.counters.skipped += 1
+        if job.key is not None:
+            self.app_state.keys.discard(job.key)
         name = job.name
         origin = describe(source)
         logger.debug(
@@ -271,7 +273,11 @@ class PostResponseMiddleware:
 
 
 @overload
-def after_this_response(*, when: When = "always") -> Callable[[F], F]: ...
+def after_this_response(*, when: When = "always", key: str | None = None) -> Callable[[F], F]: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
+    func: Callable[..., Any], /, *args: Any, key: str, when: When = "always", **kwargs: Any
+) -> bool: ...
 @overload
 def after_this_response(
     func: Callable[..., R], /, *args: Any, when: When, **kwargs: Any
@@ -303,8 +309,12 @@ def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
         func: The function to call; ``async def`` functions are awaited.
         when: ``"always"`` (default), ``"success"`` (the final body was sent
             and the status is below 400) or ``"failure"`` (anything else).
+        key: De-duplicate: if work with this key is already waiting or
+            running in this process, this call adds nothing. With a key the
+            call returns ``True`` if it scheduled the work, ``False`` if not.
     """
     when = check_when(kwargs.pop("when", "always"), "after_this_response")
+    key = check_key(kwargs.pop("key", None), "after_this_response")
     if func is None:
         if args or kwargs:
             msg = (
@@ -314,16 +324,18 @@ def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
             raise InvalidCallbackError(msg)
 
         def decorator(decorated: F) -> F:
-            _defer(decorated, (), {}, when)
+            _defer(decorated, (), {}, when, key)
             return decorated
 
         return decorator
-    _defer(func, args, kwargs, when)
-    return func
+    scheduled = _defer(func, args, kwargs, when, key)
+    return func if key is None else scheduled
 
 
-def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When) -> None:
-    job = make_job(func, args, kwargs, when, "after_this_response")
+def _defer(
+    func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When, key: str | None
+) -> bool:
+    job = make_job(func, args, kwargs, when, "after_this_response", key)
     source = current_source()
     if source is None:
         msg = (
@@ -334,6 +346,12 @@ def _defer(func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: Wh
         raise ContextError(msg)
     state = state_for(source)
     exchange = require_exchange(state, "after_this_response")
-    exchange.app_state.admit(func, "after_this_response")
+    app_state = exchange.app_state
+    app_state.admit(func, "after_this_response")
+    if key is not None:
+        if key in app_state.keys:
+            return False
+        app_state.keys.add(key)
     state.capture_context()
     state.response_jobs.append(job)
+    return True

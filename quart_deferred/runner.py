@@ -72,6 +72,7 @@ class TaskRunner:
         self,
         app: Quart,
         counters: Counters,
+        keys: set[str],
         *,
         max_concurrency: int,
         task_timeout: float | None,
@@ -89,6 +90,7 @@ class TaskRunner:
         self.closed = False
         self.pending = 0  # Exchanges whose final message is going out right now.
         self._counters = counters
+        self._keys = keys
         self._waiting: deque[Batch] = deque()
         self._workers: set[asyncio.Task[None]] = set()
         self._busy = 0
@@ -230,6 +232,9 @@ class TaskRunner:
                     counters.cancelled += 1
                     _log_cancelled(job, batch, "it was still running")
                 raise
+            finally:
+                if job.key is not None:
+                    self._keys.discard(job.key)
             counters.running -= 1
             counters.succeeded += 1
 
@@ -314,6 +319,8 @@ class TaskRunner:
         for job in batch.jobs[batch.next :]:
             counters.waiting -= 1
             counters.cancelled += 1
+            if job.key is not None:
+                self._keys.discard(job.key)
             _log_cancelled(job, batch, f"it had not started; {reason}")
         batch.next = len(batch.jobs)
 
