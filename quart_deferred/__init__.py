@@ -10,6 +10,7 @@ from .exceptions import (
     OverloadedError,
 )
 from .extension import QuartDeferred
+from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus
 from .post_response import after_this_response, Delivery
 from .runner import Stats
 
@@ -19,10 +20,13 @@ __all__ = [
     "Delivery",
     "InvalidCallbackError",
     "InvalidOptionError",
+    "Latency",
     "NotInitialisedError",
     "OverloadedError",
+    "PROMETHEUS_CONTENT_TYPE",
     "QuartDeferred",
     "Stats",
     "after_this_request",
     "after_this_response",
+    "render_prometheus",
 ]

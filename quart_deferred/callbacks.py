@@ -23,7 +23,7 @@ from werkzeug.sansio.response import Response as _BaseResponse
 
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import _is_async, callable_name, describe
+from .jobs import _is_async, callable_name, describe, log_fields
 from .state import existing_state, RequestState, state_for
 
 logger = logging.getLogger("quart_deferred")
@@ -122,5 +122,5 @@ def log_callbacks_not_run(state: RequestState) -> None:
             "deferred callbacks had run).",
             name,
             origin,
-            extra={"deferred_callback": name, "deferred_request": origin},
+            extra=log_fields(name, state.source),
         )

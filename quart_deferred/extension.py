@@ -18,7 +18,7 @@ from quart.globals import _cv_app
 
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import _is_async, Batch, callable_name, check_when, Job, make_job, When
+from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, make_job, When
 from .post_response import Delivery, PostResponseMiddleware
 from .runner import Counters, Stats, TaskRunner
 from .state import state_for
@@ -76,6 +76,7 @@ class AppState:
                 "A new event loop is serving app %r while work from the previous loop "
                 "is unfinished; that work is lost with its loop.",
                 self.app.name,
+                extra=log_fields(None, None),
             )
         config = self.app.config
         self._runner = TaskRunner(

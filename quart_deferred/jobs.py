@@ -52,12 +52,30 @@ class Batch:
     context: Context
     source: BaseRequestWebsocket | None
     fresh_app_context: bool = False
-    next: int = field(default=0)
+    next: int = field(default=0)  # The index of the next job to run.
+    handed_at: float = field(default=0.0)  # time.perf_counter() when the runner took it.
 
     @property
     def origin(self) -> str:
         """Describe where the work came from, for log lines: ``GET /signup``."""
         return describe(self.source)
+
+    def log_fields(self, job: Job) -> dict[str, str | None]:
+        return log_fields(job.name, self.source)
+
+
+def log_fields(name: str | None, source: BaseRequestWebsocket | None) -> dict[str, str | None]:
+    """The ``extra=`` of every log line: fields a formatter can use.
+
+    Lines about the runner itself, not about one callback, carry them too,
+    set to ``None``, so a format string naming them never fails.
+    """
+    return {
+        "deferred_callback": name,
+        "deferred_request": None if source is None else describe(source),
+        "deferred_method": None if source is None else getattr(source, "method", "WEBSOCKET"),
+        "deferred_path": None if source is None else source.path,
+    }
 
 
 def describe(source: BaseRequestWebsocket | None) -> str:

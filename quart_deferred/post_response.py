@@ -31,7 +31,7 @@ from werkzeug.datastructures import Headers
 from ._compat import current_source
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import Batch, check_key, check_when, describe, Job, make_job, When
+from .jobs import Batch, check_key, check_when, describe, Job, log_fields, make_job, When
 from .state import require_exchange, SCOPE_KEY, state_for
 
 if TYPE_CHECKING:
@@ -236,7 +236,7 @@ class Exchange:
             job.when,
             self.status,
             "complete" if self.complete else "incomplete",
-            extra={"deferred_callback": name, "deferred_request": origin},
+            extra=log_fields(name, source),
         )
 
 

@@ -22,18 +22,18 @@ from contextvars import copy_context
 from dataclasses import dataclass
 import logging
 import time
-from typing import Any, TYPE_CHECKING
+from typing import Any
 
 import anyio
+from quart import Quart
+from quart.signals import got_background_exception
 
 from ._compat import handle_background_exception
 from .exceptions import OverloadedError
 from .in_context import InContext
-from .jobs import Batch, callable_name, Job
+from .jobs import Batch, callable_name, Job, log_fields
+from .metrics import Latency, LatencyRecorder
 from .threads import ThreadCall
-
-if TYPE_CHECKING:
-    from quart import Quart
 
 logger = logging.getLogger("quart_deferred")
 
@@ -50,19 +50,46 @@ class Stats:
     timed_out: int = 0
     cancelled: int = 0
     skipped: int = 0
+    wait: Latency = Latency()  # From the final send (or start_soon) to the job's start.
+    duration: Latency = Latency()  # From the job's start to its end, whichever way.
+
+
+_COUNTS = (
+    "scheduled",
+    "waiting",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "skipped",
+)
 
 
 class Counters:
     """The live counters behind :class:`Stats`; they outlive any one runner."""
 
-    __slots__ = Stats.__slots__
+    __slots__ = (*_COUNTS, "duration", "wait")
 
     def __init__(self) -> None:
         self.scheduled = self.waiting = self.running = self.succeeded = 0
         self.failed = self.timed_out = self.cancelled = self.skipped = 0
+        self.wait = LatencyRecorder()
+        self.duration = LatencyRecorder()
 
     def snapshot(self) -> Stats:
-        return Stats(*(getattr(self, name) for name in self.__slots__))
+        return Stats(
+            self.scheduled,
+            self.waiting,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.timed_out,
+            self.cancelled,
+            self.skipped,
+            self.wait.snapshot(),
+            self.duration.snapshot(),
+        )
 
 
 class TaskRunner:
@@ -114,6 +141,7 @@ class TaskRunner:
         """Accept *batch* and see that a worker will take it; never drop it."""
         counters = self._counters
         count = len(batch.jobs)
+        batch.handed_at = time.perf_counter()
         counters.scheduled += count
         counters.waiting += count
         if self.closed:
@@ -121,7 +149,7 @@ class TaskRunner:
             return
         self._waiting.append(batch)
         if self.max_pending is not None:
-            self._check_crowding()
+            self._check_crowding(batch)
         if self._parked:
             self._parked.pop().set_result(None)
         elif len(self._workers) < self.max_concurrency:
@@ -129,16 +157,19 @@ class TaskRunner:
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
 
-    def _check_crowding(self) -> None:
+    def _check_crowding(self, batch: Batch | None = None) -> None:
         """Warn once each time waiting work climbs past 80% of ``max_pending``."""
         assert self.max_pending is not None
         crowded = self._counters.waiting >= 0.8 * self.max_pending
-        if crowded and not self._crowded:
+        if crowded and not self._crowded and batch is not None:
             logger.warning(
                 "%d jobs are waiting to run, 80%% of QUART_DEFERRED_MAX_PENDING=%d; new work "
-                "will be refused with OverloadedError once it is reached.",
+                "will be refused with OverloadedError once it is reached (the last: %s for %s).",
                 self._counters.waiting,
                 self.max_pending,
+                batch.jobs[-1].name,
+                batch.origin,
+                extra=batch.log_fields(batch.jobs[-1]),
             )
         self._crowded = crowded
 
@@ -174,8 +205,12 @@ class TaskRunner:
                 else:
                     await InContext(self._run(batch), batch.context)
             except Exception:
+                job = batch.jobs[max(batch.next - 1, 0)]
                 logger.exception(
-                    "Quart-Deferred's runner failed around the work of %s", batch.origin
+                    "Quart-Deferred's runner failed around %s for %s",
+                    job.name,
+                    batch.origin,
+                    extra=batch.log_fields(job),
                 )
             finally:
                 self._busy -= 1
@@ -200,12 +235,15 @@ class TaskRunner:
         jobs = batch.jobs
         counters = self._counters
         timeout = self.task_timeout
+        clock = time.perf_counter
         while batch.next < len(jobs):
             job = jobs[batch.next]
             batch.next += 1
             counters.waiting -= 1
             counters.running += 1
-            thread_call = None if job.is_async else ThreadCall(job)
+            started = clock()
+            counters.wait.add(started - batch.handed_at)
+            thread_call = None if job.is_async else ThreadCall(job, batch.source)
             try:
                 if thread_call is None:
                     awaitable = job.func(*job.args, **job.kwargs)
@@ -233,6 +271,7 @@ class TaskRunner:
                     _log_cancelled(job, batch, "it was still running")
                 raise
             finally:
+                counters.duration.add(clock() - started)
                 if job.key is not None:
                     self._keys.discard(job.key)
             counters.running -= 1
@@ -309,10 +348,23 @@ class TaskRunner:
             )
 
     async def _report(self, error: Exception, job: Job, batch: Batch) -> None:
-        """Hand *error* to Quart, which logs it and sends ``got_background_exception``."""
+        """Log *error* with its traceback and send Quart's ``got_background_exception``.
+
+        An app that overrides ``handle_background_exception`` gets its own
+        method called instead, as for Quart's background tasks.
+        """
         if hasattr(error, "add_note"):  # Python 3.11+: name the job in the traceback.
             error.add_note(f"in deferred work {job.name} for {batch.origin}")
-        await handle_background_exception(self.app, error)
+        app = self.app
+        if type(app).handle_background_exception is not Quart.handle_background_exception:
+            await handle_background_exception(app, error)
+            return
+        await got_background_exception.send_async(
+            app,
+            _sync_wrapper=app.ensure_async,  # type: ignore[arg-type]
+            exception=error,
+        )
+        _log(logging.ERROR, "%s for %s failed.", job, batch, exc=error)
 
     def _cancel_unstarted(self, batch: Batch, reason: str) -> None:
         counters = self._counters
@@ -363,22 +415,25 @@ class TaskRunner:
             # Plain functions still on their threads run on (they cannot be
             # stopped); the ones that never started are dropped, and were logged.
             self._executor.shutdown(wait=False, cancel_futures=True)
-        logger.debug("Quart-Deferred drained in %.3fs", time.monotonic() - started)
+        logger.debug(
+            "Quart-Deferred drained in %.3fs",
+            time.monotonic() - started,
+            extra=log_fields(None, None),
+        )
 
 
 def _log(
     level: int, message: str, job: Job, batch: Batch, *args: Any, exc: BaseException | None = None
 ) -> None:
-    name = job.name
-    origin = batch.origin
+    fields = batch.log_fields(job)
     logger.log(
         level,
         message,
-        name,
-        origin,
+        job.name,
+        batch.origin,
         *args,
         exc_info=exc,
-        extra={"deferred_callback": name, "deferred_request": origin},
+        extra=fields,
     )
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
 from .exceptions import InvalidCallbackError
-from .jobs import Job
+from .jobs import describe, Job, log_fields
+
+if TYPE_CHECKING:
+    from quart.wrappers import BaseRequestWebsocket
 
 logger = logging.getLogger("quart_deferred")
 
@@ -27,10 +30,11 @@ class ThreadCall:
     """
 
     NEVER_STARTED, RUNNING, DONE = range(3)
-    __slots__ = ("abandoned", "error", "job", "lock", "state")
+    __slots__ = ("abandoned", "error", "job", "lock", "source", "state")
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, source: BaseRequestWebsocket | None) -> None:
         self.job = job
+        self.source = source
         self.lock = threading.Lock()
         self.state = self.NEVER_STARTED
         self.abandoned = False
@@ -61,10 +65,12 @@ class ThreadCall:
                 self.state = self.DONE
                 late = self.abandoned
             if late:
+                fields = log_fields(job.name, self.source)
                 logger.info(
-                    "%s finished on its thread after it had been given up on.",
+                    "%s for %s finished on its thread after it had been given up on.",
                     job.name,
-                    extra={"deferred_callback": job.name},
+                    describe(self.source),
+                    extra=fields,
                 )
 
     def abandon(self) -> int:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from typing import Any, Protocol, TypeVar
 
@@ -11,7 +11,7 @@ import pytest
 from quart import Quart
 from werkzeug.datastructures import Headers
 
-from quart_deferred import QuartDeferred
+from quart_deferred import Latency, QuartDeferred, Stats
 
 from .servers import running
 
@@ -33,6 +33,17 @@ async def until(condition: Callable[[], bool]) -> None:
     """
     while not condition():  # noqa: ASYNC110
         await asyncio.sleep(0.001)
+
+
+def counts(stats: Stats) -> Stats:
+    """*stats* with the latency figures blanked, to compare the counts alone."""
+    return replace(stats, wait=Latency(), duration=Latency())
+
+
+def add_up(stats: Stats) -> bool:
+    """The identity that must hold at every moment."""
+    total = stats.waiting + stats.running + stats.succeeded + stats.failed
+    return stats.scheduled == total + stats.timed_out + stats.cancelled
 
 
 @dataclass

@@ -24,19 +24,14 @@ import pytest
 from quart import g, Quart, request, Response, session
 
 from benchmarks.loadgen import Connection
-from quart_deferred import after_this_request, after_this_response, QuartDeferred, Stats
+from quart_deferred import after_this_request, after_this_response, QuartDeferred
 
-from .conftest import until, wait
+from .conftest import add_up, until, wait
 from .servers import connections_open, running
 
 # The figures in the README's "Reliability" section; set fewer for a quick local run.
 REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", "20000"))
 CONCURRENCY = 100
-
-
-def add_up(stats: Stats) -> bool:
-    total = stats.waiting + stats.running + stats.succeeded + stats.failed
-    return stats.scheduled == total + stats.timed_out + stats.cancelled
 
 
 def port_of(url: str) -> int:

@@ -15,14 +15,8 @@ from quart.signals import got_background_exception
 
 from quart_deferred import after_this_response, OverloadedError, QuartDeferred, Stats
 
-from .conftest import Client, until, wait
+from .conftest import add_up, Client, counts, until, wait
 from .servers import running
-
-
-def add_up(stats: Stats) -> bool:
-    """The identity that must hold at every moment."""
-    total = stats.waiting + stats.running + stats.succeeded + stats.failed
-    return stats.scheduled == total + stats.timed_out + stats.cancelled
 
 
 @pytest.fixture(name="thread_gate")
@@ -58,9 +52,36 @@ async def test_a_failure_is_reported_and_does_not_stop_the_next_job(
     assert ran == ["next"]
     assert [str(error) for error in reported] == ["mail server down"]
     records = [r for r in caplog.records if r.exc_info and r.exc_info[1] is reported[0]]
-    assert len(records) == 1
-    assert "Exception on request GET /" in records[0].getMessage()
-    assert deferred.stats() == Stats(scheduled=2, succeeded=1, failed=1)
+    [record] = records
+    assert record.name == "quart_deferred"
+    assert record.getMessage() == f"{fails.__module__}.{fails.__qualname__} for GET / failed."
+    assert counts(deferred.stats()) == Stats(scheduled=2, succeeded=1, failed=1)
+
+
+async def test_an_apps_own_handle_background_exception_gets_the_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    handled: list[BaseException] = []
+
+    class MyQuart(Quart):
+        async def handle_background_exception(self, *args: Any) -> None:
+            handled.append(args[-1])  # Quart 0.23 passes the context first.
+
+    app = MyQuart(__name__)
+    deferred = QuartDeferred(app)
+
+    async def fails() -> None:
+        raise ValueError("mail server down")
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(fails)
+        return "ok"
+
+    await app.test_client().get("/")
+    await deferred.join(timeout=5)
+    assert [str(error) for error in handled] == ["mail server down"]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_a_timed_out_job_is_cancelled_and_logged_by_name_and_request(
@@ -87,7 +108,7 @@ async def test_a_timed_out_job_is_cancelled_and_logged_by_name_and_request(
     await deferred.join(timeout=5)
     assert cancelled.is_set()
     assert ran == ["next"]
-    assert deferred.stats() == Stats(scheduled=2, succeeded=1, timed_out=1)
+    assert counts(deferred.stats()) == Stats(scheduled=2, succeeded=1, timed_out=1)
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "test_runner.test_a_timed_out_job_is_cancelled_and_logged_by_name_and_request" in (
         record.getMessage()
@@ -118,7 +139,7 @@ async def test_a_sync_job_past_its_timeout_is_never_reported_cancelled(
 
     await app.test_client().get("/")
     await deferred.join(timeout=5)
-    assert deferred.stats() == Stats(scheduled=1, timed_out=1)
+    assert counts(deferred.stats()) == Stats(scheduled=1, timed_out=1)
     messages = [r.getMessage() for r in caplog.records]
     assert any("still running on its thread, which cannot be cancelled" in m for m in messages)
     assert not any("Cancelled" in m for m in messages)
@@ -224,7 +245,7 @@ async def test_stats_add_up_at_every_step(app: Quart, deferred: QuartDeferred) -
     await deferred.join(timeout=5)
     snapshots.append(deferred.stats())
     assert all(add_up(stats) for stats in snapshots)
-    assert snapshots[-1] == Stats(scheduled=3, succeeded=2, failed=1, skipped=3)
+    assert counts(snapshots[-1]) == Stats(scheduled=3, succeeded=2, failed=1, skipped=3)
 
 
 async def test_drain_at_shutdown_finishes_what_it_can_and_logs_what_it_cancels(
@@ -274,7 +295,7 @@ async def test_drain_at_shutdown_finishes_what_it_can_and_logs_what_it_cancels(
     assert "hangs for GET /hang at shutdown: it was still running" in warnings[0]
     assert "never_started for GET /hang at shutdown: it had not started" in warnings[1]
     assert "never_started for GET /queued at shutdown: it had not started" in warnings[2]
-    assert deferred.stats() == Stats(scheduled=4, succeeded=1, cancelled=3)
+    assert counts(deferred.stats()) == Stats(scheduled=4, succeeded=1, cancelled=3)
 
 
 async def test_a_sync_job_running_at_shutdown_is_not_called_cancelled(
@@ -302,7 +323,7 @@ async def test_a_sync_job_running_at_shutdown_is_not_called_cancelled(
         await wait(asyncio.to_thread(on_thread.wait, 5))
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "still running on its thread, which cannot be cancelled" in record.getMessage()
-    assert deferred.stats() == Stats(scheduled=1, timed_out=1)
+    assert counts(deferred.stats()) == Stats(scheduled=1, timed_out=1)
     thread_gate.set()
     await wait(asyncio.to_thread(finished.wait, 5))
 
@@ -387,7 +408,7 @@ async def test_hypercorn_stopping_drains_and_logs_what_it_cancels(
     assert finished == ["quick"]
     [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "hangs for GET / at shutdown: it was still running" in record.getMessage()
-    assert deferred.stats() == Stats(scheduled=2, succeeded=1, cancelled=1)
+    assert counts(deferred.stats()) == Stats(scheduled=2, succeeded=1, cancelled=1)
 
 
 async def test_work_started_before_serving_is_kept_and_drained(
@@ -408,7 +429,7 @@ async def test_work_started_before_serving_is_kept_and_drained(
         assert deferred.stats().running == 1
         release.set()
     assert ran == ["warm_cache"]
-    assert deferred.stats() == Stats(scheduled=1, succeeded=1)
+    assert counts(deferred.stats()) == Stats(scheduled=1, succeeded=1)
 
 
 async def test_max_pending_refuses_new_work_and_drops_nothing_accepted(
@@ -462,4 +483,4 @@ async def test_start_soon_is_refused_too(app: Quart, deferred: QuartDeferred) ->
             deferred.start_soon(release.wait)
     release.set()
     await deferred.join(timeout=5)
-    assert deferred.stats() == Stats(scheduled=2, succeeded=2)
+    assert counts(deferred.stats()) == Stats(scheduled=2, succeeded=2)
