@@ -19,7 +19,7 @@ from quart.globals import _cv_app
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, make_job, When
-from .post_response import Delivery, PostResponseMiddleware
+from .post_response import Delivery, Exchange, PostResponseMiddleware, RESPONSE_ATTRIBUTE
 from .runner import Counters, Stats, TaskRunner
 from .state import state_for
 
@@ -295,6 +295,34 @@ class QuartDeferred:
                 f"waiting and {stats.running} running."
             )
             raise TimeoutError(msg)
+
+    async def wait_for(self, response: object, timeout: float | None = 5.0) -> list[BaseException]:  # noqa: ASYNC109
+        """Wait for the post-response work of the one request that *response* answered.
+
+        For tests: *response* comes from ``app.test_client()`` while the
+        ``quart_deferred`` pytest plugin is active (it is, once the package is
+        installed). Work of other requests is not waited for; use ``join()``
+        for everything.
+
+        Returns:
+            The errors that work raised (timeouts as ``TimeoutError``), or ``[]``.
+        """
+        exchange: Exchange | None = getattr(response, RESPONSE_ATTRIBUTE, None)
+        if exchange is None:
+            msg = (
+                f"deferred.wait_for() cannot tell which request {response!r} answered. It "
+                "takes a response from app.test_client() while the quart_deferred pytest "
+                "plugin is active (not disabled with -p no:quart_deferred). For other "
+                "clients, use await deferred.join()."
+            )
+            raise ContextError(msg)
+        done = exchange.work_done
+        if done is None:  # The request left no post-response work.
+            return []
+        with anyio.move_on_after(timeout):
+            return list(await asyncio.shield(done))
+        msg = f"deferred.wait_for() gave up after {timeout}s; the work is still going."
+        raise TimeoutError(msg)
 
     def stats(self, app: Quart | None = None) -> Stats:
         """Return a snapshot of the counters of *app* (default: current or only app)."""

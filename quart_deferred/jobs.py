@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextvars import Context
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ class Batch:
     fresh_app_context: bool = False
     next: int = field(default=0)  # The index of the next job to run.
     handed_at: float = field(default=0.0)  # time.perf_counter() when the runner took it.
+    # Only while the pytest plugin tracks work (see testing.py): settled with
+    # the batch's failures once every job has ended.
+    done: asyncio.Future[list[BaseException]] | None = None
+    errors: list[BaseException] | None = None
 
     @property
     def origin(self) -> str:

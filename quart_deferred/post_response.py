@@ -13,6 +13,7 @@ ASGI call ends.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import Context
 from dataclasses import dataclass
@@ -83,6 +84,10 @@ def _successful(complete: bool, status: int | None) -> bool:
     return complete and status is not None and status < 400
 
 
+# The attribute the pytest plugin sets on test client responses (see testing.py).
+RESPONSE_ATTRIBUTE = "quart_deferred_exchange"
+
+
 class Exchange:
     """One HTTP request or websocket connection as the ASGI layer sees it."""
 
@@ -98,7 +103,11 @@ class Exchange:
         "request_state",
         "status",
         "websocket",
+        "work_done",
     )
+    # Set by the pytest plugin: keep a future per exchange that settles when
+    # its work has ended, for ``deferred.wait_for(response)``.
+    track_work = False
 
     def __init__(
         self,
@@ -117,6 +126,7 @@ class Exchange:
         self._receive = receive
         self._held: TaskRunner | None = None
         self._trailers = False
+        self.work_done: asyncio.Future[list[BaseException]] | None = None
 
     def send_http(self, message: ASGISendEvent) -> Awaitable[None]:
         # A plain function returning the awaitable, not a coroutine: most
@@ -219,9 +229,13 @@ class Exchange:
         if jobs:
             runner = self._held or self.app_state.runner()
             if context is None:  # App-wide hooks for a request that never reached Quart's hooks.
-                runner.submit(Batch(jobs, Context(), source, fresh_app_context=True))
+                batch = Batch(jobs, Context(), source, fresh_app_context=True)
             else:
-                runner.submit(Batch(jobs, context, source))
+                batch = Batch(jobs, context, source)
+            if self.track_work:
+                batch.done = self.work_done = runner.loop.create_future()
+                batch.errors = []
+            runner.submit(batch)
 
     def _skip(self, job: Job, source: BaseRequestWebsocket) -> None:
         self.app_state.counters.skipped += 1

@@ -146,6 +146,7 @@ class TaskRunner:
         counters.waiting += count
         if self.closed:
             self._cancel_unstarted(batch, "it arrived after the runner had shut down")
+            _settle(batch)
             return
         self._waiting.append(batch)
         if self.max_pending is not None:
@@ -218,6 +219,8 @@ class TaskRunner:
                     self._check_crowding()
                 if batch.next < len(batch.jobs):
                     self._cancel_unstarted(batch, "the runner was shutting down")
+                if batch.done is not None:
+                    _settle(batch)
                 if self._idle_waiters:
                     self._wake_idle_waiters()
             # Parked workers must not keep their last request (its g, its
@@ -292,6 +295,10 @@ class TaskRunner:
         return self.loop.run_in_executor(executor, copy_context().run, thread_call)
 
     def _timed_out(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
+        if batch.errors is not None:
+            batch.errors.append(
+                TimeoutError(f"{job.name} for {batch.origin} timed out after {self.task_timeout}s")
+            )
         if thread_call is not None:
             self._finish_thread_call(thread_call, job, batch, shutdown=False)
             return
@@ -319,6 +326,8 @@ class TaskRunner:
                 self._finish("succeeded")
             else:
                 self._finish("failed")
+                if batch.errors is not None:
+                    batch.errors.append(thread_call.error)
                 _log(logging.ERROR, "%s for %s failed.", job, batch, exc=thread_call.error)
         elif state == ThreadCall.NEVER_STARTED:
             if shutdown:
@@ -355,6 +364,8 @@ class TaskRunner:
         """
         if hasattr(error, "add_note"):  # Python 3.11+: name the job in the traceback.
             error.add_note(f"in deferred work {job.name} for {batch.origin}")
+        if batch.errors is not None:
+            batch.errors.append(error)
         app = self.app
         if type(app).handle_background_exception is not Quart.handle_background_exception:
             await handle_background_exception(app, error)
@@ -404,6 +415,7 @@ class TaskRunner:
         self.closed = True
         for batch in self._waiting:
             self._cancel_unstarted(batch, f"the {grace}s shutdown timeout ran out")
+            _settle(batch)
         self._waiting.clear()
         workers = list(self._workers)
         for worker in workers:
@@ -420,6 +432,11 @@ class TaskRunner:
             time.monotonic() - started,
             extra=log_fields(None, None),
         )
+
+
+def _settle(batch: Batch) -> None:
+    if batch.done is not None and not batch.done.done():
+        batch.done.set_result(batch.errors or [])
 
 
 def _log(

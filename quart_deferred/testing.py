@@ -1,0 +1,90 @@
+"""The pytest plugin (entry point ``pytest11``): wait for one response's work, fail on errors.
+
+Loaded by pytest whenever the package is installed; ``-p no:quart_deferred``
+turns it off. It does two things:
+
+- It marks each response from Quart's test client with the exchange that
+  produced it, so ``await deferred.wait_for(response)`` waits for that
+  request's post-response work alone.
+- Opt-in strict mode (``@pytest.mark.quart_deferred_strict``, or
+  ``quart_deferred_strict = true`` in the ini file) fails a test during which
+  post-response work failed or timed out, so a broken job cannot hide behind
+  a 201.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+import logging
+from typing import Any
+
+import pytest
+from quart.testing.connections import TestHTTPConnection
+
+from .post_response import Exchange, RESPONSE_ATTRIBUTE
+from .state import SCOPE_KEY
+
+_STRICT = "quart_deferred_strict"
+_original_as_response = TestHTTPConnection.as_response
+
+
+async def _as_response(self: TestHTTPConnection) -> Any:
+    response = await _original_as_response(self)
+    setattr(response, RESPONSE_ATTRIBUTE, self.scope.get(SCOPE_KEY))
+    return response
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        _STRICT,
+        "Fail a test during which Quart-Deferred post-response work failed or timed out.",
+        type="bool",
+        default=False,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{_STRICT}: fail the test if post-response work failed or timed out during it.",
+    )
+    TestHTTPConnection.as_response = _as_response  # type: ignore[method-assign]
+    Exchange.track_work = True
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    TestHTTPConnection.as_response = _original_as_response  # type: ignore[method-assign]
+    Exchange.track_work = False
+
+
+class _Failures(logging.Handler):
+    """Collect the ERROR lines of ``quart_deferred``: failed and timed-out work."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    if not (item.get_closest_marker(_STRICT) or item.config.getini(_STRICT)):
+        return (yield)
+    failures = _Failures()
+    logger = logging.getLogger("quart_deferred")
+    logger.addHandler(failures)
+    try:
+        result = yield
+    finally:
+        logger.removeHandler(failures)
+    if failures.records:
+        formatter = logging.Formatter()
+        details = "\n\n".join(formatter.format(record) for record in failures.records)
+        pytest.fail(
+            f"{len(failures.records)} post-response job(s) failed during this test "
+            f"({_STRICT}):\n\n{details}",
+            pytrace=False,
+        )
+    return result
