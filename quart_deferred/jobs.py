@@ -55,6 +55,7 @@ class Batch:
     fresh_app_context: bool = False
     next: int = field(default=0)  # The index of the next job to run.
     handed_at: float = field(default=0.0)  # time.perf_counter() when the runner took it.
+    status: int | None = None  # The response's status, for tracing; None if none was sent.
     # Only while the pytest plugin tracks work (see testing.py): settled with
     # the batch's failures once every job has ended.
     done: asyncio.Future[list[BaseException]] | None = None

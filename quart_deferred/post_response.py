@@ -232,6 +232,7 @@ class Exchange:
                 batch = Batch(jobs, Context(), source, fresh_app_context=True)
             else:
                 batch = Batch(jobs, context, source)
+            batch.status = self.status
             if self.track_work:
                 batch.done = self.work_done = runner.loop.create_future()
                 batch.errors = []

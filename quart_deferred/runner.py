@@ -34,6 +34,7 @@ from .in_context import InContext
 from .jobs import Batch, callable_name, Job, log_fields
 from .metrics import Latency, LatencyRecorder
 from .threads import ThreadCall
+from .tracing import Tracing
 
 logger = logging.getLogger("quart_deferred")
 
@@ -113,6 +114,7 @@ class TaskRunner:
         self.max_pending = max_pending
         self.threads = threads
         self._executor: ThreadPoolExecutor | None = None  # Started with the first plain job.
+        self._tracing = Tracing.load()  # None unless OpenTelemetry is installed.
         self._crowded = False  # Waiting work is past 80% of max_pending.
         self.closed = False
         self.pending = 0  # Exchanges whose final message is going out right now.
@@ -238,6 +240,7 @@ class TaskRunner:
         jobs = batch.jobs
         counters = self._counters
         timeout = self.task_timeout
+        tracing = self._tracing
         clock = time.perf_counter
         while batch.next < len(jobs):
             job = jobs[batch.next]
@@ -245,7 +248,10 @@ class TaskRunner:
             counters.waiting -= 1
             counters.running += 1
             started = clock()
-            counters.wait.add(started - batch.handed_at)
+            wait = started - batch.handed_at
+            counters.wait.add(wait)
+            span = None if tracing is None else tracing.start(job, batch, wait)
+            outcome, failure = "cancelled", None
             thread_call = None if job.is_async else ThreadCall(job, batch.source)
             try:
                 if thread_call is None:
@@ -258,9 +264,12 @@ class TaskRunner:
                     with anyio.move_on_after(timeout) as scope:
                         await awaitable
                     if scope.cancelled_caught:
+                        outcome = "timeout"
                         self._timed_out(job, batch, thread_call)
                         continue
+                outcome = "ok"
             except Exception as error:
+                outcome, failure = "error", error
                 counters.running -= 1
                 counters.failed += 1
                 await self._report(error, job, batch)
@@ -277,6 +286,8 @@ class TaskRunner:
                 counters.duration.add(clock() - started)
                 if job.key is not None:
                     self._keys.discard(job.key)
+                if span is not None:
+                    span.end(outcome, failure)
             counters.running -= 1
             counters.succeeded += 1
 
