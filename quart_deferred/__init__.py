@@ -12,12 +12,14 @@ from .exceptions import (
 from .extension import QuartDeferred
 from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus
 from .post_response import after_this_response, Delivery
+from .queues import enqueue_after_response, EnqueueError, QueueAdapter
 from .runner import Stats
 
 __all__ = [
     "ContextError",
     "DeferredError",
     "Delivery",
+    "EnqueueError",
     "InvalidCallbackError",
     "InvalidOptionError",
     "Latency",
@@ -25,8 +27,10 @@ __all__ = [
     "OverloadedError",
     "PROMETHEUS_CONTENT_TYPE",
     "QuartDeferred",
+    "QueueAdapter",
     "Stats",
     "after_this_request",
     "after_this_response",
+    "enqueue_after_response",
     "render_prometheus",
 ]

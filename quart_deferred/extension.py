@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from contextvars import copy_context
 from dataclasses import dataclass
 import inspect
@@ -20,6 +20,7 @@ from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, make_job, When
 from .post_response import Delivery, Exchange, PostResponseMiddleware, RESPONSE_ATTRIBUTE
+from .queues import QueueAdapter
 from .runner import Counters, Stats, TaskRunner
 from .state import state_for
 
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "QUART_DEFERRED_SHUTDOWN_TIMEOUT": 5.0,  # Seconds to drain at shutdown.
     "QUART_DEFERRED_MAX_PENDING": None,  # Waiting jobs before new ones are refused; None: no limit.
     "QUART_DEFERRED_THREADS": 8,  # Threads for plain def jobs, apart from Quart's run_sync.
+    "QUART_DEFERRED_ENQUEUE_RETRIES": 3,  # Retries of a failed enqueue_after_response send.
 }
 
 
@@ -143,6 +145,9 @@ class QuartDeferred:
         shutdown_timeout: Overrides ``QUART_DEFERRED_SHUTDOWN_TIMEOUT``.
         max_pending: Overrides ``QUART_DEFERRED_MAX_PENDING``.
         threads: Overrides ``QUART_DEFERRED_THREADS``.
+        enqueue_retries: Overrides ``QUART_DEFERRED_ENQUEUE_RETRIES``.
+        queues: Adapters for task queues besides Celery and taskiq, for
+            ``enqueue_after_response``; see ``QueueAdapter``.
     """
 
     def __init__(
@@ -154,7 +159,12 @@ class QuartDeferred:
         shutdown_timeout: float | None = None,
         max_pending: int | None = None,
         threads: int | None = None,
+        enqueue_retries: int | None = None,
+        queues: Iterable[QueueAdapter] = (),
     ) -> None:
+        self.queues: tuple[QueueAdapter, ...] = ()
+        for adapter in queues:
+            self.add_queue(adapter)
         self.overrides = {
             key: value
             for key, value in (
@@ -163,6 +173,7 @@ class QuartDeferred:
                 ("QUART_DEFERRED_SHUTDOWN_TIMEOUT", shutdown_timeout),
                 ("QUART_DEFERRED_MAX_PENDING", max_pending),
                 ("QUART_DEFERRED_THREADS", threads),
+                ("QUART_DEFERRED_ENQUEUE_RETRIES", enqueue_retries),
             )
             if value is not None
         }
@@ -185,6 +196,7 @@ class QuartDeferred:
         _positive_int(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
         _optional_positive_int(app.config, "QUART_DEFERRED_MAX_PENDING")
         _positive_int(app.config, "QUART_DEFERRED_THREADS")
+        _positive_int(app.config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
         if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
@@ -238,6 +250,16 @@ class QuartDeferred:
             return hook
 
         return register if func is None else register(func)
+
+    def add_queue(self, adapter: QueueAdapter) -> None:
+        """Teach ``enqueue_after_response`` another task queue (tried before the built-ins)."""
+        if not isinstance(adapter, QueueAdapter):
+            msg = (
+                f"add_queue() got {adapter!r}, which lacks the QueueAdapter methods "
+                "accepts(task), task_name(task) and send(task, args, kwargs)."
+            )
+            raise InvalidCallbackError(msg)
+        self.queues = (*self.queues, adapter)
 
     # Work outside the response cycle
 
@@ -378,10 +400,10 @@ def _takes_delivery(func: Callable[..., Any]) -> bool:
     raise InvalidCallbackError(msg)
 
 
-def _positive_int(config: Any, key: str) -> int:
+def _positive_int(config: Any, key: str, minimum: int = 1) -> int:
     value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        msg = f"{key} must be a whole number of 1 or more, got {value!r}."
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        msg = f"{key} must be a whole number of {minimum} or more, got {value!r}."
         raise InvalidOptionError(msg)
     return value
 

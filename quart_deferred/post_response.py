@@ -348,9 +348,14 @@ def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
 
 
 def _defer(
-    func: object, args: tuple[Any, ...], kwargs: dict[str, Any], when: When, key: str | None
+    func: object,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    when: When,
+    key: str | None,
+    caller: str = "after_this_response",
 ) -> bool:
-    job = make_job(func, args, kwargs, when, "after_this_response", key)
+    job = make_job(func, args, kwargs, when, caller, key)
     source = current_source()
     if source is None:
         msg = (
@@ -360,9 +365,9 @@ def _defer(
         )
         raise ContextError(msg)
     state = state_for(source)
-    exchange = require_exchange(state, "after_this_response")
+    exchange = require_exchange(state, caller)
     app_state = exchange.app_state
-    app_state.admit(func, "after_this_response")
+    app_state.admit(func, caller)
     if key is not None:
         if key in app_state.keys:
             return False

@@ -1,0 +1,211 @@
+"""Hand post-response work to a task queue: ``enqueue_after_response``.
+
+The job is sent after the response has gone out, and only if the request
+ended as ``when`` asks (``"success"`` by default), so a worker never picks up
+a job before the request that made it is finished, and a failed request
+leaves no job behind. The send itself is an ordinary post-response job: the
+runner's limits, timeouts, ``join``, ``stats`` and shutdown drain apply.
+
+Queues plug in through :class:`QueueAdapter`. Celery and taskiq are built in
+and recognised without importing either library: a task can only be one of
+theirs if its library has already been imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+import inspect
+import sys
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from quart.globals import _cv_app
+
+from ._compat import current_source
+from .exceptions import ContextError, DeferredError, InvalidCallbackError, NotInitialisedError
+from .jobs import check_key, check_when, When
+from .post_response import _defer
+
+DEFAULT_ENQUEUE_RETRIES = 3
+BACKOFF = 0.1  # Seconds before the first retry; doubled for each one after.
+
+
+class EnqueueError(DeferredError):
+    """Raised (and logged) when a task could not be sent to its queue, retries included."""
+
+
+@runtime_checkable
+class QueueAdapter(Protocol):
+    """How to recognise one queue library's tasks and send them.
+
+    ``send`` may be ``async def`` (awaited on the event loop) or a plain
+    function (run on the runner's threads: use that for blocking clients).
+    Register an adapter with ``QuartDeferred(app, queues=[...])`` or
+    ``deferred.add_queue(adapter)``.
+    """
+
+    def accepts(self, task: object) -> bool:
+        """Whether *task* is one of this queue's tasks."""
+        ...
+
+    def task_name(self, task: Any) -> str:
+        """The name to log and trace the send under."""
+        ...
+
+    def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Send ``task(*args, **kwargs)`` to the queue; raise if the broker refused it."""
+        ...
+
+
+class CeleryAdapter:
+    """Celery tasks, sent with ``apply_async``, which blocks on broker I/O: run on a thread."""
+
+    def accepts(self, task: object) -> bool:
+        celery = sys.modules.get("celery")
+        return celery is not None and isinstance(task, celery.Task)
+
+    def task_name(self, task: Any) -> str:
+        return str(task.name)
+
+    def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        task.apply_async(args=args, kwargs=kwargs)
+
+
+class TaskiqAdapter:
+    """taskiq tasks, sent with ``await task.kiq(...)``."""
+
+    def accepts(self, task: object) -> bool:
+        taskiq = sys.modules.get("taskiq")
+        return taskiq is not None and isinstance(task, taskiq.AsyncTaskiqDecoratedTask)
+
+    def task_name(self, task: Any) -> str:
+        return str(task.task_name)
+
+    async def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        await task.kiq(*args, **kwargs)
+
+
+BUILT_IN_ADAPTERS: tuple[QueueAdapter, ...] = (CeleryAdapter(), TaskiqAdapter())
+
+
+def enqueue_after_response(
+    task: Any, /, *args: Any, when: When = "success", key: str | None = None, **kwargs: Any
+) -> bool:
+    """Send ``task(*args, **kwargs)`` to its task queue once the response has been sent.
+
+    ::
+
+        @app.post("/signup")
+        async def signup() -> tuple[str, int]:
+            user = await create_user()
+            enqueue_after_response(send_welcome_mail, user.email)  # a Celery or taskiq task
+            return "created", 201
+
+    By default the job is sent only if the request succeeded (the final body
+    was sent with a status below 400): a job for a failed request is the bug
+    this exists to prevent. A failed send is retried
+    ``QUART_DEFERRED_ENQUEUE_RETRIES`` times with backoff, then logged at
+    ERROR with the task's name and arguments and counted as failed.
+
+    Arguments:
+        task: A Celery task, a taskiq task, or a task of a registered adapter.
+        when: ``"success"`` (default), ``"always"`` or ``"failure"``.
+        key: De-duplicate, as for ``after_this_response``.
+
+    Returns:
+        ``True`` if the send was scheduled; ``False`` if work with the same
+        *key* was already waiting or running.
+    """
+    caller = "enqueue_after_response"
+    when = check_when(when, caller)
+    key = check_key(key, caller)
+    app_ctx = _cv_app.get(None)
+    if current_source() is None or app_ctx is None:
+        msg = (
+            "enqueue_after_response() was called outside a request or websocket, where "
+            "there is no response to wait for. Send the task with its own API instead: "
+            "task.delay(...) for Celery, await task.kiq(...) for taskiq."
+        )
+        raise ContextError(msg)
+    state = app_ctx.app.extensions.get("quart_deferred")
+    if state is None:
+        msg = (
+            f"QuartDeferred is not initialised on app {app_ctx.app.name!r}. Call "
+            "QuartDeferred(app) or deferred.init_app(app) before serving."
+        )
+        raise NotInitialisedError(msg)
+    adapter = _adapter_for(task, state.extension.queues)
+    retries = state.app.config["QUART_DEFERRED_ENQUEUE_RETRIES"]
+    kind = _AsyncSend if inspect.iscoroutinefunction(adapter.send) else _Send
+    return _defer(kind(adapter, task, args, kwargs, retries), (), {}, when, key, caller)
+
+
+def _adapter_for(task: object, extra: Iterable[QueueAdapter]) -> QueueAdapter:
+    extra = tuple(extra)
+    for adapter in (*extra, *BUILT_IN_ADAPTERS):
+        if adapter.accepts(task):
+            return adapter
+    names = ", ".join(type(adapter).__name__ for adapter in extra)
+    msg = (
+        f"enqueue_after_response() does not know how to send {task!r} of type "
+        f"{type(task).__name__}. It takes a Celery task (@celery_app.task), a taskiq "
+        "task (@broker.task)"
+        + (f", or a task of the registered adapters {names}" if names else "")
+        + ". For another queue, register a QueueAdapter (see the README); for a plain "
+        "function, use after_this_response()."
+    )
+    raise InvalidCallbackError(msg)
+
+
+class _Sending:
+    """One send of one task, with its retries. The runner calls it as a job, and
+    logs and traces it as ``enqueue(<task name>)``."""
+
+    def __init__(
+        self,
+        adapter: QueueAdapter,
+        task: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retries: int,
+    ) -> None:
+        self.adapter = adapter
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.retries = retries
+        self.__qualname__ = f"enqueue({adapter.task_name(task)})"
+        self.__module__ = "quart_deferred"
+
+    def _give_up_after(self, attempt: int, error: Exception) -> None:
+        if attempt < self.retries:
+            return
+        msg = (
+            f"Could not send task {self.adapter.task_name(self.task)} with "
+            f"args={self.args!r} kwargs={self.kwargs!r} after {attempt + 1} attempts: "
+            f"{error!r}. Check the broker; to replay the job, send it again by hand."
+        )
+        raise EnqueueError(msg) from error
+
+
+class _Send(_Sending):
+    def __call__(self) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                self.adapter.send(self.task, self.args, self.kwargs)
+                return
+            except Exception as error:
+                self._give_up_after(attempt, error)
+                time.sleep(BACKOFF * 2**attempt)
+
+
+class _AsyncSend(_Sending):
+    async def __call__(self) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                await self.adapter.send(self.task, self.args, self.kwargs)
+                return
+            except Exception as error:
+                self._give_up_after(attempt, error)
+                await asyncio.sleep(BACKOFF * 2**attempt)

@@ -1,0 +1,363 @@
+"""enqueue_after_response with real Redis servers and real Celery and taskiq workers.
+
+Without a ``redis-server`` binary these tests skip, saying how to install one;
+with ``QUART_DEFERRED_REQUIRE_REDIS=1`` (as ``.ci/run`` sets) they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+import importlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from quart import Quart, Response
+import redis
+import redis.asyncio
+
+from quart_deferred import (
+    after_this_response,
+    ContextError,
+    enqueue_after_response,
+    InvalidCallbackError,
+    QuartDeferred,
+)
+
+from .conftest import counts
+from .servers import running
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ADAPTERS = ["celery", "taskiq"]
+
+
+def _redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        reason = (
+            "redis-server is not installed, so the task queue tests cannot run. Install it "
+            "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)."
+        )
+        if os.environ.get("QUART_DEFERRED_REQUIRE_REDIS") == "1":
+            pytest.fail(f"{reason} QUART_DEFERRED_REQUIRE_REDIS=1 asks for them to run.")
+        pytest.skip(reason)
+    return path
+
+
+class RedisServer:
+    """A throwaway redis-server on a free port of 127.0.0.1, with nothing saved to disk."""
+
+    def __init__(self) -> None:
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for line in self.process.stdout:  # Until it says it is ready; it then keeps quiet.
+            if "Ready to accept connections" in line:
+                break
+        else:
+            raise RuntimeError(f"redis-server on port {self.port} exited before it was ready")
+        self.client = redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+@pytest.fixture(name="redis_server", scope="module")
+def _redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def _start_worker(command: list[str], url: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "QUART_DEFERRED_TEST_REDIS": url, "PYTHONPATH": ROOT}
+    return subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.fixture(name="tasks", scope="module")
+def _tasks(redis_server: RedisServer) -> Iterator[dict[str, ModuleType]]:
+    """The task modules, bound to the module's Redis, with a real worker for each."""
+    os.environ["QUART_DEFERRED_TEST_REDIS"] = redis_server.url
+    try:
+        modules = {
+            name: importlib.reload(importlib.import_module(f"tests.queue_apps.{name}_tasks"))
+            for name in ADAPTERS
+        }
+    finally:
+        del os.environ["QUART_DEFERRED_TEST_REDIS"]
+    workers = [
+        _start_worker(
+            ["celery", "-A", "tests.queue_apps.celery_tasks", "worker", "--pool=solo"]
+            + ["--without-heartbeat", "--without-gossip", "--without-mingle", "-Q", "celery"],
+            redis_server.url,
+        ),
+        _start_worker(
+            ["taskiq", "worker", "tests.queue_apps.taskiq_tasks:broker", "--workers", "1"],
+            redis_server.url,
+        ),
+    ]
+    yield modules
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+@pytest.fixture(name="clean_redis")
+def _clean_redis(redis_server: RedisServer) -> RedisServer:
+    redis_server.client.flushdb()
+    return redis_server
+
+
+@asynccontextmanager
+async def broker_lifespan(app: Quart, tasks: ModuleType) -> AsyncIterator[None]:
+    """What an app does with a taskiq broker: start it with the app, close it after."""
+    brokers = [getattr(tasks, "broker", None), getattr(tasks, "held_broker", None)]
+    for broker in brokers:
+        if broker is not None:
+            await broker.startup()
+    try:
+        yield
+    finally:
+        for broker in brokers:
+            if broker is not None:
+                await broker.shutdown()
+
+
+def held_queue(adapter: str) -> str:
+    return "held" if adapter == "celery" else "taskiq:held"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_the_job_is_sent_only_after_the_response_has_gone_out(
+    app: Quart,
+    deferred: QuartDeferred,
+    tasks: dict[str, ModuleType],
+    clean_redis: RedisServer,
+    adapter: str,
+) -> None:
+    """While the response is still streaming, the broker has nothing; once it is out, one job."""
+    finish = asyncio.Event()
+
+    @app.get("/signup")
+    async def signup() -> Response:
+        enqueue_after_response(tasks[adapter].held, "ada@example.com")
+
+        async def body() -> Any:
+            yield b"created, "
+            await finish.wait()
+            yield b"welcome"
+
+        return Response(body(), status=201)
+
+    async with broker_lifespan(app, tasks[adapter]), running(app) as url:
+        async with httpx.AsyncClient(base_url=url) as http, http.stream("GET", "/signup") as reply:
+            assert reply.status_code == 201
+            assert clean_redis.client.llen(held_queue(adapter)) == 0  # View done, body not.
+            finish.set()
+            assert await reply.aread() == b"created, welcome"
+        await deferred.join(timeout=10)
+    assert clean_redis.client.llen(held_queue(adapter)) == 1
+    assert counts(deferred.stats()).succeeded == 1
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_real_worker_runs_the_job(
+    app: Quart,
+    deferred: QuartDeferred,
+    tasks: dict[str, ModuleType],
+    clean_redis: RedisServer,
+    adapter: str,
+) -> None:
+    @app.post("/signup")
+    async def signup() -> tuple[str, int]:
+        enqueue_after_response(tasks[adapter].welcome_mail, "ada@example.com", subject="Welcome")
+        return "created", 201
+
+    async with broker_lifespan(app, tasks[adapter]):
+        reply = await app.test_client().post("/signup")
+        assert reply.status_code == 201
+        await deferred.join(timeout=10)
+    async with redis.asyncio.Redis.from_url(clean_redis.url) as client:
+        done = await client.blpop([f"{adapter}:done"], timeout=60)  # The worker's own write.
+    assert done == (f"{adapter}:done".encode(), b"ada@example.com Welcome")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_failing_request_sends_nothing(
+    app: Quart,
+    deferred: QuartDeferred,
+    tasks: dict[str, ModuleType],
+    clean_redis: RedisServer,
+    adapter: str,
+) -> None:
+    @app.post("/signup")
+    async def signup() -> tuple[str, int]:
+        enqueue_after_response(tasks[adapter].held, "ada@example.com")
+        return "the database said no", 500
+
+    async with broker_lifespan(app, tasks[adapter]):
+        reply = await app.test_client().post("/signup")
+        await deferred.join(timeout=10)
+    assert reply.status_code == 500
+    assert clean_redis.client.llen(held_queue(adapter)) == 0
+    assert counts(deferred.stats()).skipped == 1
+
+
+def _task_on(adapter: str, url: str) -> tuple[Any, Any]:
+    """A task bound to the broker at *url*, and the taskiq broker (or None)."""
+    if adapter == "celery":
+        from celery import Celery
+
+        celery_app = Celery("stopped", broker=url)
+
+        def lost_sync(address: str) -> None:
+            pass
+
+        return celery_app.task(name="tests.celery.lost")(lost_sync), None
+    from taskiq_redis import ListQueueBroker
+
+    broker = ListQueueBroker(url, queue_name="lost")
+
+    async def lost(address: str) -> None:
+        pass
+
+    return broker.task(task_name="tests.taskiq.lost")(lost), broker
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_with_the_broker_stopped_the_app_answers_and_the_failure_is_logged(
+    app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture, adapter: str
+) -> None:
+    server = RedisServer()
+    task, broker = _task_on(adapter, server.url)
+    if broker is not None:
+        await broker.startup()
+    server.stop()  # The broker goes away after the app connected to it.
+    app.config["QUART_DEFERRED_ENQUEUE_RETRIES"] = 1
+
+    @app.post("/signup")
+    async def signup() -> tuple[str, int]:
+        enqueue_after_response(task, "ada@example.com")
+        return "created", 201
+
+    client = app.test_client()
+    replies = [await client.post("/signup"), await client.post("/signup")]
+    await deferred.join(timeout=30)
+    if broker is not None:
+        await broker.shutdown()
+    assert [reply.status_code for reply in replies] == [201, 201]
+    stats = counts(deferred.stats())
+    assert (stats.scheduled, stats.failed) == (2, 2)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 2
+    name = f"tests.{adapter}.lost"
+    for record in errors:
+        assert record.name == "quart_deferred"
+        assert f"enqueue({name}) for POST /signup failed" in record.getMessage()
+        assert record.exc_info is not None
+        message = str(record.exc_info[1])
+        assert f"Could not send task {name} with args=('ada@example.com',) kwargs={{}}" in message
+        assert "after 2 attempts" in message
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_pending_sends_are_flushed_at_shutdown(
+    app: Quart,
+    deferred: QuartDeferred,
+    tasks: dict[str, ModuleType],
+    clean_redis: RedisServer,
+    adapter: str,
+) -> None:
+    """Three sends wait behind a blocked job when shutdown starts; the drain sends them."""
+    app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
+    unblock = asyncio.Event()
+    waiting_at_shutdown: list[int] = []
+
+    async def blocker() -> None:
+        await unblock.wait()
+
+    @app.while_serving
+    async def watch_shutdown() -> AsyncGenerator[None, None]:
+        yield
+        # Runs before Quart-Deferred's drain (while_serving ends in reverse order).
+        waiting_at_shutdown.append(deferred.stats().waiting)
+        unblock.set()
+
+    @app.post("/signup/<int:number>")
+    async def signup(number: int) -> str:
+        if number == 0:
+            after_this_response(blocker)
+        else:
+            enqueue_after_response(tasks[adapter].held, f"user{number}@example.com")
+        return "created"
+
+    async with broker_lifespan(app, tasks[adapter]), app.test_app() as test_app:
+        client = test_app.test_client()
+        for number in range(4):
+            await client.post(f"/signup/{number}")
+    assert waiting_at_shutdown == [3]
+    assert clean_redis.client.llen(held_queue(adapter)) == 3
+
+
+async def test_outside_a_request_and_unknown_tasks_are_clear_errors(
+    app: Quart, tasks: dict[str, ModuleType]
+) -> None:
+    with pytest.raises(ContextError, match=r"task\.delay\(\.\.\.\) for Celery"):
+        enqueue_after_response(tasks["celery"].held, "ada@example.com")
+    errors: list[Exception] = []
+
+    @app.get("/")
+    async def index() -> str:
+        try:
+            enqueue_after_response(print, "not a task")
+        except InvalidCallbackError as error:
+            errors.append(error)
+        return "ok"
+
+    await app.test_client().get("/")
+    [error] = errors
+    assert isinstance(error, TypeError)
+    assert "takes a Celery task" in str(error) and "taskiq task" in str(error)
+
+
+def test_importing_the_package_imports_no_queue_library() -> None:
+    code = "import quart_deferred, sys; print(sorted({'celery', 'taskiq'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
