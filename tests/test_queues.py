@@ -31,9 +31,10 @@ from quart_deferred import (
     enqueue_after_response,
     InvalidCallbackError,
     QuartDeferred,
+    Stats,
 )
 
-from .conftest import counts
+from .conftest import counts, wait
 from .servers import running
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -361,3 +362,88 @@ def test_importing_the_package_imports_no_queue_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_the_celery_example_end_to_end() -> None:
+    """examples/celery_signup.py with its own Redis and a real worker, as the README runs it."""
+    from examples import celery_signup
+
+    server = RedisServer()
+    celery_signup.celery_app.conf.broker_url = server.url
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "examples.celery_signup:celery_app",
+        "worker",
+        "--pool=solo",
+        "--loglevel=INFO",
+        cwd=ROOT,
+        env={**os.environ, "CELERY_BROKER_URL": server.url, "PYTHONPATH": ROOT},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        client = celery_signup.app.test_client()
+        bad = await client.post("/signup", form={"email": "nobody"})
+        good = await client.post("/signup", form={"email": "ada@example.com"})
+        await celery_signup.deferred.join(timeout=10)
+        assert (bad.status_code, good.status_code) == (400, 201)
+        assert worker.stderr is not None
+        line = await wait(_line_with(worker.stderr, b"welcome e-mail sent to"), timeout=60)
+        assert line.rstrip().endswith(b"welcome e-mail sent to ada@example.com")
+    finally:
+        worker.terminate()
+        await worker.wait()
+        server.stop()
+    assert counts(celery_signup.deferred.stats()) == Stats(scheduled=1, succeeded=1)
+
+
+async def _line_with(stream: asyncio.StreamReader, text: bytes) -> bytes:
+    seen = []
+    async for line in stream:
+        if text in line:
+            return line
+        seen.append(line.decode(errors="replace"))
+    raise AssertionError(f"the worker exited without printing {text!r}:\n{''.join(seen)}")
+
+
+class ListAdapter:
+    """A queue of our own: tasks are names in a list, sent with an async send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self.failures = 0
+
+    def accepts(self, task: object) -> bool:
+        return isinstance(task, str) and task.startswith("list:")
+
+    def task_name(self, task: Any) -> str:
+        return str(task)
+
+    async def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the list is busy")
+        self.sent.append((task, args, kwargs))
+
+
+async def test_a_registered_adapter_is_used_and_retried(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    adapter = ListAdapter()
+    adapter.failures = 2  # Two failed sends, then it goes through on the third attempt.
+    deferred.add_queue(adapter)
+
+    @app.post("/signup")
+    async def signup() -> str:
+        enqueue_after_response("list:welcome", "ada@example.com", subject="Hi")
+        return "created"
+
+    await app.test_client().post("/signup")
+    await deferred.join(timeout=10)
+    assert adapter.sent == [("list:welcome", ("ada@example.com",), {"subject": "Hi"})]
+    assert counts(deferred.stats()) == Stats(scheduled=1, succeeded=1)
+    with pytest.raises(InvalidCallbackError, match=r"lacks the QueueAdapter methods"):
+        deferred.add_queue(object())  # type: ignore[arg-type]
