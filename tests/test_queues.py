@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 import importlib
 import logging
 import os
@@ -159,24 +160,30 @@ async def broker_lifespan(app: Quart, tasks: ModuleType) -> AsyncIterator[None]:
                 await broker.shutdown()
 
 
-def held_queue(adapter: str) -> str:
-    return "held" if adapter == "celery" else "taskiq:held"
+@dataclass
+class Queue:
+    """One adapter's tasks, and the Redis list its ``held`` task's messages wait in."""
+
+    name: str
+    tasks: ModuleType
+    held_list: str
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.fixture(name="queue", params=ADAPTERS)
+def _queue(request: pytest.FixtureRequest, tasks: dict[str, ModuleType]) -> Queue:
+    name = request.param
+    return Queue(name, tasks[name], "held" if name == "celery" else "taskiq:held")
+
+
 async def test_the_job_is_sent_only_after_the_response_has_gone_out(
-    app: Quart,
-    deferred: QuartDeferred,
-    tasks: dict[str, ModuleType],
-    clean_redis: RedisServer,
-    adapter: str,
+    app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
     """While the response is still streaming, the broker has nothing; once it is out, one job."""
     finish = asyncio.Event()
 
     @app.get("/signup")
     async def signup() -> Response:
-        enqueue_after_response(tasks[adapter].held, "ada@example.com")
+        enqueue_after_response(queue.tasks.held, "ada@example.com")
 
         async def body() -> Any:
             yield b"created, "
@@ -185,57 +192,47 @@ async def test_the_job_is_sent_only_after_the_response_has_gone_out(
 
         return Response(body(), status=201)
 
-    async with broker_lifespan(app, tasks[adapter]), running(app) as url:
+    async with broker_lifespan(app, queue.tasks), running(app) as url:
         async with httpx.AsyncClient(base_url=url) as http, http.stream("GET", "/signup") as reply:
             assert reply.status_code == 201
-            assert clean_redis.client.llen(held_queue(adapter)) == 0  # View done, body not.
+            assert clean_redis.client.llen(queue.held_list) == 0  # View done, body not.
             finish.set()
             assert await reply.aread() == b"created, welcome"
         await deferred.join(timeout=10)
-    assert clean_redis.client.llen(held_queue(adapter)) == 1
+    assert clean_redis.client.llen(queue.held_list) == 1
     assert counts(deferred.stats()).succeeded == 1
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_a_real_worker_runs_the_job(
-    app: Quart,
-    deferred: QuartDeferred,
-    tasks: dict[str, ModuleType],
-    clean_redis: RedisServer,
-    adapter: str,
+    app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
     @app.post("/signup")
     async def signup() -> tuple[str, int]:
-        enqueue_after_response(tasks[adapter].welcome_mail, "ada@example.com", subject="Welcome")
+        enqueue_after_response(queue.tasks.welcome_mail, "ada@example.com", subject="Welcome")
         return "created", 201
 
-    async with broker_lifespan(app, tasks[adapter]):
+    async with broker_lifespan(app, queue.tasks):
         reply = await app.test_client().post("/signup")
         assert reply.status_code == 201
         await deferred.join(timeout=10)
     async with redis.asyncio.Redis.from_url(clean_redis.url) as client:
-        done = await client.blpop([f"{adapter}:done"], timeout=60)  # The worker's own write.
-    assert done == (f"{adapter}:done".encode(), b"ada@example.com Welcome")
+        done = await client.blpop([f"{queue.name}:done"], timeout=60)  # The worker's own write.
+    assert done == (f"{queue.name}:done".encode(), b"ada@example.com Welcome")
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_a_failing_request_sends_nothing(
-    app: Quart,
-    deferred: QuartDeferred,
-    tasks: dict[str, ModuleType],
-    clean_redis: RedisServer,
-    adapter: str,
+    app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
     @app.post("/signup")
     async def signup() -> tuple[str, int]:
-        enqueue_after_response(tasks[adapter].held, "ada@example.com")
+        enqueue_after_response(queue.tasks.held, "ada@example.com")
         return "the database said no", 500
 
-    async with broker_lifespan(app, tasks[adapter]):
+    async with broker_lifespan(app, queue.tasks):
         reply = await app.test_client().post("/signup")
         await deferred.join(timeout=10)
     assert reply.status_code == 500
-    assert clean_redis.client.llen(held_queue(adapter)) == 0
+    assert clean_redis.client.llen(queue.held_list) == 0
     assert counts(deferred.stats()).skipped == 1
 
 
@@ -296,13 +293,8 @@ async def test_with_the_broker_stopped_the_app_answers_and_the_failure_is_logged
         assert "after 2 attempts" in message
 
 
-@pytest.mark.parametrize("adapter", ADAPTERS)
 async def test_pending_sends_are_flushed_at_shutdown(
-    app: Quart,
-    deferred: QuartDeferred,
-    tasks: dict[str, ModuleType],
-    clean_redis: RedisServer,
-    adapter: str,
+    app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
     """Three sends wait behind a blocked job when shutdown starts; the drain sends them."""
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
@@ -324,15 +316,15 @@ async def test_pending_sends_are_flushed_at_shutdown(
         if number == 0:
             after_this_response(blocker)
         else:
-            enqueue_after_response(tasks[adapter].held, f"user{number}@example.com")
+            enqueue_after_response(queue.tasks.held, f"user{number}@example.com")
         return "created"
 
-    async with broker_lifespan(app, tasks[adapter]), app.test_app() as test_app:
+    async with broker_lifespan(app, queue.tasks), app.test_app() as test_app:
         client = test_app.test_client()
         for number in range(4):
             await client.post(f"/signup/{number}")
     assert waiting_at_shutdown == [3]
-    assert clean_redis.client.llen(held_queue(adapter)) == 3
+    assert clean_redis.client.llen(queue.held_list) == 3
 
 
 async def test_outside_a_request_and_unknown_tasks_are_clear_errors(
