@@ -250,7 +250,7 @@ class TaskRunner:
             started = clock()
             wait = started - batch.handed_at
             counters.wait.add(wait)
-            span = None if tracing is None else tracing.start(job, batch, wait)
+            span = None if tracing is None else tracing.start(job, batch, wait, started)
             outcome, failure = "cancelled", None
             thread_call = None if job.is_async else ThreadCall(job, batch.source)
             try:

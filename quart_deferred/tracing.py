@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 class Tracing:
     """The OpenTelemetry API, loaded once per runner; ``None`` from ``load`` without it."""
 
+    RECHECK = 1.0  # Seconds between looks for a tracer provider while there is none.
+
     def __init__(self, trace: Any, context: Any) -> None:
         self._trace = trace
         self._context = context
         self._tracer: Any = None
+        self._next_look = 0.0
 
     @classmethod
     def load(cls) -> Tracing | None:
@@ -35,12 +38,19 @@ class Tracing:
             return None
         return cls(trace, context)
 
-    def start(self, job: Job, batch: Batch, wait: float) -> JobSpan | None:
-        """Start and enter the span of *job*, or return ``None`` with no tracer provider set."""
+    def start(self, job: Job, batch: Batch, wait: float, now: float) -> JobSpan | None:
+        """Start and enter the span of *job*, or return ``None`` with no tracer provider set.
+
+        *now* is ``time.perf_counter()``: without a provider, looking for one
+        costs more than a job, so it is done at most once per ``RECHECK``.
+        """
         trace = self._trace
-        if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-            return None  # The app never set a tracer provider: no spans to make.
         if self._tracer is None:
+            if now < self._next_look:
+                return None
+            self._next_look = now + self.RECHECK
+            if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                return None  # The app has not set a tracer provider (yet).
             self._tracer = trace.get_tracer("quart_deferred", _version())
         request_span = trace.get_current_span().get_span_context()  # In the request's context.
         links = [trace.Link(request_span)] if request_span.is_valid else []
