@@ -4,6 +4,7 @@ from .callbacks import after_this_request
 from .exceptions import (
     ContextError,
     DeferredError,
+    EnqueueError,
     InvalidCallbackError,
     InvalidOptionError,
     NotInitialisedError,
@@ -12,7 +13,7 @@ from .exceptions import (
 from .extension import QuartDeferred
 from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus
 from .post_response import after_this_response, Delivery
-from .queues import enqueue_after_response, EnqueueError, QueueAdapter
+from .queues import enqueue_after_response, QueueAdapter
 from .runner import Stats
 
 __all__ = [

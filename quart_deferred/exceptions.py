@@ -4,6 +4,7 @@
      ├── ContextError (RuntimeError)         wrong place or time to call
      │    └── NotInitialisedError            the app has no QuartDeferred
      ├── OverloadedError (RuntimeError)      too much work already waiting
+     ├── EnqueueError                        a task could not be sent to its queue
      ├── InvalidCallbackError (TypeError)    not something we can call
      └── InvalidOptionError (ValueError)     a bad ``when=`` or config value
 
@@ -28,6 +29,10 @@ class NotInitialisedError(ContextError):
 
 class OverloadedError(DeferredError, RuntimeError):
     """Raised when ``QUART_DEFERRED_MAX_PENDING`` jobs are already waiting; answer 503."""
+
+
+class EnqueueError(DeferredError):
+    """Raised (and logged) when a task could not be sent to its queue, retries included."""
 
 
 class InvalidCallbackError(DeferredError, TypeError):

@@ -23,16 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 from quart.globals import _cv_app
 
 from ._compat import current_source
-from .exceptions import ContextError, DeferredError, InvalidCallbackError, NotInitialisedError
+from .exceptions import ContextError, EnqueueError, InvalidCallbackError, NotInitialisedError
 from .jobs import check_key, check_when, When
 from .post_response import _defer
 
-DEFAULT_ENQUEUE_RETRIES = 3
 BACKOFF = 0.1  # Seconds before the first retry; doubled for each one after.
-
-
-class EnqueueError(DeferredError):
-    """Raised (and logged) when a task could not be sent to its queue, retries included."""
 
 
 @runtime_checkable

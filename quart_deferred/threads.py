@@ -24,7 +24,7 @@ logger = logging.getLogger("quart_deferred")
 class ThreadCall:
     """Run a sync job on a thread and know, later, whether it ever started or ended.
 
-    ``ensure_async`` gives back an awaitable that can be abandoned but not the
+    ``run_in_executor`` gives back an awaitable that can be abandoned but not the
     thread behind it. This wrapper records the truth under a lock, so the
     runner never reports as cancelled a function that is in fact running.
     """
