@@ -109,12 +109,23 @@ class AppState:
         return runner if runner is not None and runner.loop is loop else None
 
     async def serve(self) -> AsyncGenerator[None, None]:
-        """Tie the runner to the app's serving lifetime (a ``while_serving`` function)."""
+        """Tie the runner to the app's serving lifetime (a ``while_serving`` function).
+
+        The drain normally runs earlier, as soon as the server announces its
+        shutdown (see ``PostResponseMiddleware``); this end is the fallback for
+        an app shut down without the ASGI lifespan.
+        """
         runner = self.current_runner
         if runner is None or runner.closed:  # Keep one a before_serving function started.
             self.open_runner()
         yield
-        await self.runner().shutdown(_seconds(self.app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Finish or cancel the work of this loop's runner, once."""
+        runner = self.current_runner
+        if runner is not None and not runner.closed:
+            await runner.shutdown(_seconds(self.app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
 
     async def capture_context(self) -> None:
         """Capture the request's context for app-wide hooks (a ``before_request`` function)."""

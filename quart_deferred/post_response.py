@@ -283,8 +283,26 @@ class PostResponseMiddleware:
                 exchange.complete = True
             finally:
                 exchange.finish()
+        elif kind == "lifespan":
+            await self.app(scope, self._draining_first(receive), send)
         else:
             await self.app(scope, receive, send)
+
+    def _draining_first(self, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
+        """Drain deferred work when the server announces shutdown, before Quart hears of it.
+
+        So the drain comes before every after_serving and while_serving
+        shutdown step (whose order differs between Quart versions), and the
+        resources those close are still open for the work.
+        """
+
+        async def receive_lifespan() -> ASGIReceiveEvent:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self.state.drain()
+            return message
+
+        return receive_lifespan
 
 
 @overload

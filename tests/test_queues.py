@@ -293,23 +293,31 @@ async def test_with_the_broker_stopped_the_app_answers_and_the_failure_is_logged
         assert "after 2 attempts" in message
 
 
-async def test_pending_sends_are_flushed_at_shutdown(
+async def test_pending_sends_are_flushed_at_shutdown_before_the_apps_own_shutdown_code(
     app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
-    """Three sends wait behind a blocked job when shutdown starts; the drain sends them."""
+    """Three sends wait behind a blocked job when shutdown is asked for; they are in the
+    broker when it is done, and were sent before any after_serving or while_serving
+    shutdown code ran (the broker is closed there)."""
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
     unblock = asyncio.Event()
-    waiting_at_shutdown: list[int] = []
+    unfinished_in_shutdown_code: list[int] = []
 
     async def blocker() -> None:
         await unblock.wait()
 
+    def unfinished() -> int:
+        stats = deferred.stats()
+        return stats.waiting + stats.running
+
     @app.while_serving
-    async def watch_shutdown() -> AsyncGenerator[None, None]:
+    async def watch() -> AsyncGenerator[None, None]:
         yield
-        # Runs before Quart-Deferred's drain (while_serving ends in reverse order).
-        waiting_at_shutdown.append(deferred.stats().waiting)
-        unblock.set()
+        unfinished_in_shutdown_code.append(unfinished())
+
+    @app.after_serving
+    async def close() -> None:
+        unfinished_in_shutdown_code.append(unfinished())
 
     @app.post("/signup/<int:number>")
     async def signup(number: int) -> str:
@@ -323,8 +331,11 @@ async def test_pending_sends_are_flushed_at_shutdown(
         client = test_app.test_client()
         for number in range(4):
             await client.post(f"/signup/{number}")
-    assert waiting_at_shutdown == [3]
+        assert (deferred.stats().running, deferred.stats().waiting) == (1, 3)
+        unblock.set()  # Shutdown starts next, with all four jobs still to finish.
+    assert unfinished_in_shutdown_code == [0, 0]
     assert clean_redis.client.llen(queue.held_list) == 3
+    assert counts(deferred.stats()).succeeded == 4
 
 
 async def test_outside_a_request_and_unknown_tasks_are_clear_errors(
