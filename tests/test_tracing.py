@@ -136,3 +136,32 @@ def test_importing_the_package_does_not_import_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+async def test_a_tracer_provider_set_after_the_runner_started_is_picked_up(
+    app: Quart, deferred: QuartDeferred, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a provider the runner looks again later (here: at once, RECHECK=0)."""
+    from quart_deferred.tracing import Tracing
+
+    monkeypatch.setattr(Tracing, "RECHECK", 0.0)
+
+    async def job() -> None:
+        pass
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(job)
+        return "ok"
+
+    client = app.test_client()
+    await client.get("/")  # No provider yet: no span, and the runner is running.
+    await deferred.join(timeout=5)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    await client.get("/")
+    await deferred.join(timeout=5)
+    assert [span.name.rsplit(".", 1)[-1] for span in exporter.get_finished_spans()] == ["job"]
+    provider.shutdown()
