@@ -68,8 +68,7 @@ class _Failures(logging.Handler):
         self.records.append(record)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+def _runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     if not (item.get_closest_marker(_STRICT) or item.config.getini(_STRICT)):
         return (yield)
     failures = _Failures()
@@ -88,3 +87,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
             pytrace=False,
         )
     return result
+
+
+# Strict mode needs new-style hook wrappers (pytest 8+); on older pytest the
+# plugin still loads, and wait_for() still works.
+if int(pytest.__version__.split(".")[0]) >= 8:
+    pytest_runtest_call = pytest.hookimpl(wrapper=True)(_runtest_call)
