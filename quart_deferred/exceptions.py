@@ -26,6 +26,13 @@ class ContextError(DeferredError, RuntimeError):
 class NotInitialisedError(ContextError):
     """Raised when the current app was never passed to ``QuartDeferred``."""
 
+    @classmethod
+    def for_app(cls, name: str) -> NotInitialisedError:
+        return cls(
+            f"QuartDeferred is not initialised on app {name!r}. Call QuartDeferred(app) "
+            "or deferred.init_app(app) before serving."
+        )
+
 
 class OverloadedError(DeferredError, RuntimeError):
     """Raised when ``QUART_DEFERRED_MAX_PENDING`` jobs are already waiting; answer 503."""

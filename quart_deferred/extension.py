@@ -22,7 +22,7 @@ from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, 
 from .post_response import Delivery, Exchange, PostResponseMiddleware, RESPONSE_ATTRIBUTE
 from .queues import QueueAdapter
 from .runner import Counters, Stats, TaskRunner
-from .state import state_for
+from .state import on_event_loop, state_for
 
 P = ParamSpec("P")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -85,10 +85,10 @@ class AppState:
             self.app,
             self.counters,
             self.keys,
-            max_concurrency=_positive_int(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
+            max_concurrency=_whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
             task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
-            max_pending=_optional_positive_int(config, "QUART_DEFERRED_MAX_PENDING"),
-            threads=_positive_int(config, "QUART_DEFERRED_THREADS"),
+            max_pending=_optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING"),
+            threads=_whole_number(config, "QUART_DEFERRED_THREADS"),
         )
         return self._runner
 
@@ -204,10 +204,10 @@ class QuartDeferred:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         app.config.update(self.overrides)
-        _positive_int(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
-        _optional_positive_int(app.config, "QUART_DEFERRED_MAX_PENDING")
-        _positive_int(app.config, "QUART_DEFERRED_THREADS")
-        _positive_int(app.config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
+        _whole_number(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
+        _optional_whole_number(app.config, "QUART_DEFERRED_MAX_PENDING")
+        _whole_number(app.config, "QUART_DEFERRED_THREADS")
+        _whole_number(app.config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
         if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
@@ -286,15 +286,13 @@ class QuartDeferred:
             func: The function to call; ``async def`` functions are awaited.
         """
         job = make_job(func, args, kwargs, "always", "start_soon")
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if not on_event_loop():
             msg = (
                 "deferred.start_soon() was called with no event loop running in this "
                 "thread. Call it from async code on the app's loop (a view, a hook or "
                 "a before_serving function)."
             )
-            raise ContextError(msg) from None
+            raise ContextError(msg)
         state = self._state(None)
         app_ctx = _cv_app.get(None)
         fresh = app_ctx is None or app_ctx.app is not state.app
@@ -377,11 +375,7 @@ class QuartDeferred:
                 raise ContextError(msg)
         state = app.extensions.get("quart_deferred")
         if not isinstance(state, AppState) or state.extension is not self:
-            msg = (
-                f"QuartDeferred is not initialised on app {app.name!r}. Call "
-                "QuartDeferred(app) or deferred.init_app(app) before serving."
-            )
-            raise NotInitialisedError(msg)
+            raise NotInitialisedError.for_app(app.name)
         return state
 
 
@@ -411,7 +405,7 @@ def _takes_delivery(func: Callable[..., Any]) -> bool:
     raise InvalidCallbackError(msg)
 
 
-def _positive_int(config: Any, key: str, minimum: int = 1) -> int:
+def _whole_number(config: Any, key: str, minimum: int = 1) -> int:
     value = config[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         msg = f"{key} must be a whole number of {minimum} or more, got {value!r}."
@@ -419,11 +413,11 @@ def _positive_int(config: Any, key: str, minimum: int = 1) -> int:
     return value
 
 
-def _optional_positive_int(config: Any, key: str) -> int | None:
+def _optional_whole_number(config: Any, key: str) -> int | None:
     if config[key] is None:
         return None
     try:
-        return _positive_int(config, key)
+        return _whole_number(config, key)
     except InvalidOptionError:
         msg = f"{key} must be a whole number of 1 or more, or None, got {config[key]!r}."
         raise InvalidOptionError(msg) from None

@@ -79,16 +79,20 @@ def log_fields(name: str | None, source: BaseRequestWebsocket | None) -> dict[st
     return {
         "deferred_callback": name,
         "deferred_request": None if source is None else describe(source),
-        "deferred_method": None if source is None else getattr(source, "method", "WEBSOCKET"),
+        "deferred_method": None if source is None else method_of(source),
         "deferred_path": None if source is None else source.path,
     }
+
+
+def method_of(source: BaseRequestWebsocket) -> str:
+    """The request's HTTP method, or ``WEBSOCKET`` for a websocket."""
+    return getattr(source, "method", "WEBSOCKET")
 
 
 def describe(source: BaseRequestWebsocket | None) -> str:
     if source is None:
         return "no request"
-    method = getattr(source, "method", "WEBSOCKET")
-    return f"{method} {source.path}"
+    return f"{method_of(source)} {source.path}"
 
 
 def check_when(when: object, caller: str) -> When:

@@ -125,11 +125,7 @@ def enqueue_after_response(
         raise ContextError(msg)
     state = app_ctx.app.extensions.get("quart_deferred")
     if state is None:
-        msg = (
-            f"QuartDeferred is not initialised on app {app_ctx.app.name!r}. Call "
-            "QuartDeferred(app) or deferred.init_app(app) before serving."
-        )
-        raise NotInitialisedError(msg)
+        raise NotInitialisedError.for_app(app_ctx.app.name)
     adapter = _adapter_for(task, state.extension.queues)
     retries = state.app.config["QUART_DEFERRED_ENQUEUE_RETRIES"]
     kind = _AsyncSend if inspect.iscoroutinefunction(adapter.send) else _Send

@@ -81,7 +81,8 @@ def existing_state() -> RequestState | None:
     return state
 
 
-def _on_event_loop() -> bool:
+def on_event_loop() -> bool:
+    """Whether this thread is running an event loop (not a plain function's thread)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -105,7 +106,7 @@ def require_exchange(state: RequestState, caller: str) -> Exchange:
             f"{caller}() was called after the response to {describe(state.source)} had "
             "already been sent, so there is no 'after the response' left to wait for. "
             "Use deferred.start_soon() to start more work from here"
-            + ("." if _on_event_loop() else " (from an async def job: plain jobs run on a thread).")
+            + ("." if on_event_loop() else " (from an async def job: plain jobs run on a thread).")
         )
         raise ContextError(msg)
     return exchange

@@ -15,6 +15,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TYPE_CHECKING
 
+from .jobs import method_of
+
 if TYPE_CHECKING:
     from .jobs import Batch, Job
 
@@ -61,7 +63,7 @@ class Tracing:
             "quart_deferred.wait_seconds": wait,
         }
         if source is not None:
-            attributes["http.request.method"] = getattr(source, "method", "WEBSOCKET")
+            attributes["http.request.method"] = method_of(source)
             attributes["url.path"] = source.path
         if batch.status is not None:
             attributes["http.response.status_code"] = batch.status
