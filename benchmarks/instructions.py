@@ -13,6 +13,7 @@ per request; with ``PYTHONHASHSEED=0`` a run repeats to the instruction.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import shutil
@@ -63,6 +64,13 @@ def run(report: Report, *, requests: int = 500) -> None:
 
 async def _drive_variant(name: str, requests: int) -> None:
     app, drain = dict(VARIANTS)[name]()
+    await drive(app, 50, 10)  # Warm up: the runner, the caches.
+    await drain()
+    # As the in-process benchmark does: otherwise one full collection over every
+    # module and app (tens of millions of instructions) lands inside N or 3N
+    # requests or not, and moves the per-request figure by tens of thousands.
+    gc.collect()
+    gc.freeze()
     await drive(app, requests, 10)
     await drain()
 

@@ -1,10 +1,12 @@
 """Deferred request callbacks: Flask's ``after_this_request`` recipe on Quart's ``g``.
 
-``after_this_request`` stores callbacks on the request's state in ``g``. On
-the first one in a request, it hands :func:`run_request_callbacks` to Quart's
-own per-request ``after_this_request``, so that Quart calls it with the
-response before the blueprint and app ``after_request`` functions, and apps
-that never use it pay nothing per request. Each callback is consumed as it is
+``after_this_request`` stores callbacks on the request's exchange (or, without
+one, on ``g``; see state.py). On the first one in a request, it hands
+:func:`run_request_callbacks`, bound to that list's owner, to Quart's own
+per-request ``after_this_request``, so
+that Quart calls it with the response before the blueprint and app
+``after_request`` functions, and apps that never use it pay nothing per
+request. Each callback is consumed as it is
 called, so a callback that raises is never called twice, and the ones after
 it still run when Quart passes the resulting 500 response through its
 per-request list (and so the dispatcher) again.
@@ -13,8 +15,9 @@ per-request list (and so the dispatcher) again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from functools import partial
 import logging
-from typing import Any, TypeVar
+from typing import Any, TYPE_CHECKING, TypeVar
 
 import quart
 from quart.globals import _cv_app
@@ -24,7 +27,10 @@ from werkzeug.sansio.response import Response as _BaseResponse
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import _is_async, callable_name, describe, log_fields
-from .state import existing_state, RequestState, state_for
+from .state import exchange_of, RequestState, state_on_g
+
+if TYPE_CHECKING:
+    from .post_response import Exchange
 
 logger = logging.getLogger("quart_deferred")
 
@@ -68,27 +74,34 @@ def after_this_request(func: C) -> C:
             )
         raise ContextError(msg)
     is_async = _is_async(func, "after_this_request")
-    state = state_for(source)
-    exchange = state.exchange
-    if exchange is not None and (exchange.finished or exchange.status is not None):
+    exchange = exchange_of(source)
+    state: Exchange | RequestState
+    if exchange is None:
+        state = state_on_g(source)
+    elif exchange.finished or exchange.status is not None:
         msg = (
             f"after_this_request() was called after the response to {describe(source)} "
             "had started to go out, so the callback could never change it. Register "
             "it from a view or a before_request function instead."
         )
         raise ContextError(msg)
-    if not state.request_callbacks:
-        quart.after_this_request(run_request_callbacks)
-    state.request_callbacks.append((func, is_async))
+    else:
+        state = exchange
+        exchange.source = source
+    callbacks = state.request_callbacks
+    if callbacks is None:
+        callbacks = state.request_callbacks = []
+        # Bound to this request's list, so the dispatcher looks nothing up; Quart's
+        # ensure_async sees through a partial to the async function.
+        quart.after_this_request(partial(run_request_callbacks, state))
+    callbacks.append((func, is_async))
     return func
 
 
-async def run_request_callbacks(response: ResponseT) -> ResponseT:
-    """Call the current request's deferred callbacks in order (an ``after_request`` function)."""
-    state = existing_state()
-    if state is None:
-        return response
+async def run_request_callbacks(state: Exchange | RequestState, response: ResponseT) -> ResponseT:
+    """Call the request's deferred callbacks in order (an ``after_request`` function)."""
     callbacks = state.request_callbacks
+    assert callbacks is not None  # Registered with the first callback.
     # A while loop, not a for loop: callbacks may register further callbacks.
     while state.request_callbacks_ran < len(callbacks):
         func, is_async = callbacks[state.request_callbacks_ran]
@@ -110,11 +123,12 @@ async def run_request_callbacks(response: ResponseT) -> ResponseT:
     return response
 
 
-def log_callbacks_not_run(state: RequestState) -> None:
+def log_callbacks_not_run(exchange: Exchange) -> None:
     """Log each ``after_this_request`` callback the exchange ended without calling."""
-    for func, _ in state.request_callbacks[state.request_callbacks_ran :]:
+    callbacks = exchange.request_callbacks or []
+    for func, _ in callbacks[exchange.request_callbacks_ran :]:
         name = callable_name(func)
-        origin = describe(state.source)
+        origin = describe(exchange.source)
         logger.warning(
             "The after_this_request callback %s for %s did not run: the response "
             "was never finalised (the client disconnected, the request failed "
@@ -122,5 +136,5 @@ def log_callbacks_not_run(state: RequestState) -> None:
             "deferred callbacks had run).",
             name,
             origin,
-            extra=log_fields(name, state.source),
+            extra=log_fields(name, exchange.source),
         )

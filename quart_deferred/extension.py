@@ -22,7 +22,7 @@ from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, 
 from .post_response import Delivery, Exchange, PostResponseMiddleware, RESPONSE_ATTRIBUTE
 from .queues import QueueAdapter
 from .runner import Counters, Stats, TaskRunner
-from .state import on_event_loop, state_for
+from .state import exchange_of, on_event_loop
 
 P = ParamSpec("P")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -40,7 +40,7 @@ DEFAULTS: dict[str, Any] = {
 
 
 @dataclass(frozen=True, slots=True)
-class _Hook:
+class Hook:
     """An app-wide post-response function registered with ``@deferred.after_response``."""
 
     func: Callable[..., Any]
@@ -95,7 +95,7 @@ class AppState:
     def admit(self, func: object, caller: str) -> None:
         """Refuse new work past ``max_pending``; callable from a plain view's thread too."""
         runner = self._runner  # Any loop's: the counters are the app's, not the loop's.
-        if runner is not None:
+        if runner is not None and runner.max_pending is not None:
             runner.admit(func, caller)
 
     @property
@@ -131,7 +131,9 @@ class AppState:
         """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
         source = current_source()
         if source is not None:
-            state_for(source).capture_context()
+            exchange = exchange_of(source)
+            if exchange is not None and not exchange.finished:
+                exchange.batch_for(source)
 
 
 class QuartDeferred:
@@ -188,7 +190,7 @@ class QuartDeferred:
             )
             if value is not None
         }
-        self.hooks: tuple[_Hook, ...] = ()
+        self.hooks: tuple[Hook, ...] = ()
         self._apps: weakref.WeakSet[Quart] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -255,7 +257,7 @@ class QuartDeferred:
 
         def register(hook: HookT) -> HookT:
             is_async = _is_async(hook, "after_response")
-            self.hooks = (*self.hooks, _Hook(hook, is_async, _takes_delivery(hook), when))
+            self.hooks = (*self.hooks, Hook(hook, is_async, _takes_delivery(hook), when))
             for app in self._apps:
                 _install_capture(app.extensions["quart_deferred"])
             return hook

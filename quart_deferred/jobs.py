@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextvars import Context
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 import functools
 import inspect
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
@@ -39,7 +39,6 @@ class Job:
         return callable_name(self.func)
 
 
-@dataclass(slots=True, eq=False)
 class Batch:
     """The jobs of one request (or one ``start_soon`` call), run one after another.
 
@@ -47,19 +46,40 @@ class Batch:
     jobs in it gives them ``request``, ``g``, ``session`` and ``current_app``
     without pushing (and later tearing down) Quart contexts. Where there was
     no app context to capture, ``fresh_app_context`` has the runner push one.
+    A request's batch is created with its first job, and filled until the
+    exchange hands it to the runner.
     """
 
-    jobs: list[Job]
-    context: Context
-    source: BaseRequestWebsocket | None
-    fresh_app_context: bool = False
-    next: int = field(default=0)  # The index of the next job to run.
-    handed_at: float = field(default=0.0)  # time.perf_counter() when the runner took it.
-    status: int | None = None  # The response's status, for tracing; None if none was sent.
-    # Only while the pytest plugin tracks work (see testing.py): settled with
-    # the batch's failures once every job has ended.
-    done: asyncio.Future[list[BaseException]] | None = None
-    errors: list[BaseException] | None = None
+    __slots__ = (
+        "context",
+        "done",
+        "errors",
+        "fresh_app_context",
+        "handed_at",
+        "jobs",
+        "next",
+        "source",
+        "status",
+    )
+
+    def __init__(
+        self,
+        jobs: list[Job],
+        context: Context,
+        source: BaseRequestWebsocket | None,
+        fresh_app_context: bool = False,
+    ) -> None:
+        self.jobs = jobs
+        self.context = context
+        self.source = source
+        self.fresh_app_context = fresh_app_context
+        self.next = 0  # The index of the next job to run.
+        self.handed_at = 0.0  # time.perf_counter() when the runner took it.
+        self.status: int | None = None  # The response's status, for tracing; None if none.
+        # Only while the pytest plugin tracks work (see testing.py): settled with
+        # the batch's failures once every job has ended.
+        self.done: asyncio.Future[list[BaseException]] | None = None
+        self.errors: list[BaseException] | None = None
 
     @property
     def origin(self) -> str:

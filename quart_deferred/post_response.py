@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from contextvars import Context
+from contextvars import Context, copy_context
 from dataclasses import dataclass
 import logging
 from typing import Any, overload, ParamSpec, TYPE_CHECKING, TypeVar
@@ -32,15 +32,15 @@ from werkzeug.datastructures import Headers
 from ._compat import current_source
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import Batch, check_key, check_when, describe, Job, log_fields, make_job, When
-from .state import require_exchange, SCOPE_KEY, state_for
+from .jobs import _is_async, Batch, check_key, check_when, describe, Job, log_fields, When
+from .state import require_exchange, SCOPE_KEY
 
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-    from .extension import AppState
+    from .extension import AppState, Hook
     from .runner import TaskRunner
-    from .state import RequestState
+    from .state import RequestCallbacks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -89,7 +89,12 @@ RESPONSE_ATTRIBUTE = "quart_deferred_exchange"
 
 
 class Exchange:
-    """One HTTP request or websocket connection as the ASGI layer sees it."""
+    """One HTTP request or websocket connection as the ASGI layer sees it.
+
+    It is also where the request keeps what it registers (see state.py): its
+    ``after_this_request`` callbacks, and the batch of post-response jobs
+    that it hands to the runner once the response is out.
+    """
 
     __slots__ = (
         "_held",
@@ -97,12 +102,15 @@ class Exchange:
         "_send",
         "_trailers",
         "app_state",
+        "batch",
         "complete",
         "finished",
+        "hooks",
         "raw_headers",
-        "request_state",
+        "request_callbacks",
+        "request_callbacks_ran",
+        "source",
         "status",
-        "websocket",
         "work_done",
     )
     # Set by the pytest plugin: keep a future per exchange that settles when
@@ -116,17 +124,29 @@ class Exchange:
         receive: ASGIReceiveCallable | None = None,
     ) -> None:
         self.app_state = app_state
-        self.request_state: RequestState | None = None
+        self.source: BaseRequestWebsocket | None = None  # Set while the request registers work.
+        self.request_callbacks: RequestCallbacks | None = None
+        self.request_callbacks_ran = 0
+        # The request's post-response jobs and context; created with the first job.
+        self.batch: Batch | None = None
         self.finished = False
         self.complete = False
         self.status: int | None = None
         self.raw_headers: Iterable[tuple[bytes, bytes]] = ()
-        self.websocket = receive is not None
+        # App-wide @deferred.after_response functions; they see HTTP exchanges only.
+        self.hooks: tuple[Hook, ...] = () if receive is not None else app_state.extension.hooks
         self._send = send
         self._receive = receive
         self._held: TaskRunner | None = None
         self._trailers = False
         self.work_done: asyncio.Future[list[BaseException]] | None = None
+
+    def batch_for(self, source: BaseRequestWebsocket) -> Batch:
+        """Return the batch of this request's work, capturing its context on first use."""
+        batch = self.batch
+        if batch is None:
+            batch = self.batch = Batch([], copy_context(), source)
+        return batch
 
     def send_http(self, message: ASGISendEvent) -> Awaitable[None]:
         # A plain function returning the awaitable, not a coroutine: most
@@ -168,28 +188,25 @@ class Exchange:
         elif kind == "websocket.close":
             if self.status is None:
                 self.status = 403  # What servers answer to a close before accept.
-            self._hold()
+            if self._has_work():
+                self._hold()
         await self._send(message)
 
     async def receive_websocket(self) -> ASGIReceiveEvent:
         assert self._receive is not None
         message = await self._receive()
-        if message["type"] == "websocket.disconnect":
+        if message["type"] == "websocket.disconnect" and self._has_work():
             self._hold()
         return message
 
     def _has_work(self) -> bool:
-        state = self.request_state
-        return bool((state is not None and state.response_jobs) or self._hooks())
+        return self.batch is not None or bool(self.hooks)
 
     def _hold(self) -> None:
         """Make ``join()`` wait for this exchange from the moment its end is in sight."""
-        if self._held is None and self._has_work():
+        if self._held is None:
             self._held = self.app_state.runner()
             self._held.hold()
-
-    def _hooks(self) -> tuple[Any, ...]:
-        return () if self.websocket else self.app_state.extension.hooks
 
     def finish(self) -> None:
         """End the exchange: hand its post-response jobs to the runner, once."""
@@ -197,48 +214,44 @@ class Exchange:
             return
         self.finished = True
         try:
-            self._submit()
+            if self.request_callbacks_ran < len(self.request_callbacks or ()):
+                log_callbacks_not_run(self)
+            if self.batch is not None or self.hooks:
+                self._submit()
         finally:
+            # The request refers to its exchange through its scope: let go of it,
+            # so that reference counting, not the garbage collector, frees both.
+            self.source = None
             if self._held is not None:
                 self._held.release()
 
     def _submit(self) -> None:
-        state = self.request_state
-        hooks = self._hooks()
-        if state is None and not hooks:
-            return
+        batch, self.batch = self.batch, None  # Break the cycle through its context.
         successful = _successful(self.complete, self.status)
         jobs: list[Job] = []
-        context = source = None
-        if state is not None:
-            self.request_state = None  # Break the cycles (see state.py).
-            context, state.context = state.context, None
-            source = state.source
-            if state.request_callbacks_ran < len(state.request_callbacks):
-                log_callbacks_not_run(state)
-            for job in state.response_jobs:
+        if batch is None:  # App-wide hooks for a request that never reached Quart's hooks.
+            batch = Batch(jobs, Context(), self.source, fresh_app_context=True)
+        else:
+            for job in batch.jobs:
                 if job.when == "always" or (job.when == "success") is successful:
                     jobs.append(job)
                 else:
-                    self._skip(job, source)
-        if hooks:
+                    self._skip(job, batch.source)
+            batch.jobs = jobs
+        if self.hooks:
             delivery = Delivery(self.status, self.complete, tuple(self.raw_headers))
-            for hook in hooks:
+            for hook in self.hooks:
                 if hook.when == "always" or (hook.when == "success") is successful:
                     jobs.append(hook.job_for(delivery))
         if jobs:
             runner = self._held or self.app_state.runner()
-            if context is None:  # App-wide hooks for a request that never reached Quart's hooks.
-                batch = Batch(jobs, Context(), source, fresh_app_context=True)
-            else:
-                batch = Batch(jobs, context, source)
             batch.status = self.status
             if self.track_work:
                 batch.done = self.work_done = runner.loop.create_future()
                 batch.errors = []
             runner.submit(batch)
 
-    def _skip(self, job: Job, source: BaseRequestWebsocket) -> None:
+    def _skip(self, job: Job, source: BaseRequestWebsocket | None) -> None:
         self.app_state.counters.skipped += 1
         if job.key is not None:
             self.app_state.keys.discard(job.key)
@@ -346,8 +359,11 @@ def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
             running in this process, this call adds nothing. With a key the
             call returns ``True`` if it scheduled the work, ``False`` if not.
     """
-    when = check_when(kwargs.pop("when", "always"), "after_this_response")
-    key = check_key(kwargs.pop("key", None), "after_this_response")
+    when: When = "always"
+    key = None
+    if kwargs:  # Checked only when given: this is on every registration's path.
+        when = check_when(kwargs.pop("when", "always"), "after_this_response")
+        key = check_key(kwargs.pop("key", None), "after_this_response")
     if func is None:
         if args or kwargs:
             msg = (
@@ -373,7 +389,7 @@ def _defer(
     key: str | None,
     caller: str = "after_this_response",
 ) -> bool:
-    job = make_job(func, args, kwargs, when, caller, key)
+    job = Job(func, args, kwargs, _is_async(func, caller), when, key)  # type: ignore[arg-type]
     source = current_source()
     if source is None:
         msg = (
@@ -382,14 +398,12 @@ def _defer(
             "to start work from elsewhere, use deferred.start_soon(func, ...)."
         )
         raise ContextError(msg)
-    state = state_for(source)
-    exchange = require_exchange(state, caller)
+    exchange = require_exchange(source, caller)
     app_state = exchange.app_state
     app_state.admit(func, caller)
     if key is not None:
         if key in app_state.keys:
             return False
         app_state.keys.add(key)
-    state.capture_context()
-    state.response_jobs.append(job)
+    exchange.batch_for(source).jobs.append(job)
     return True

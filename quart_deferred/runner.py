@@ -30,7 +30,7 @@ from quart.signals import got_background_exception
 
 from ._compat import handle_background_exception
 from .exceptions import OverloadedError
-from .in_context import InContext
+from .in_context import in_context
 from .jobs import Batch, callable_name, Job, log_fields
 from .metrics import Latency, LatencyRecorder
 from .threads import ThreadCall
@@ -195,18 +195,19 @@ class TaskRunner:
                 parked = self.loop.create_future()
                 self._parked.append(parked)
                 try:
-                    await parked
-                finally:
-                    if parked in self._parked:  # Cancelled while parked: shutdown.
+                    await parked  # submit() pops it off the list as it wakes it.
+                except asyncio.CancelledError:  # Shutdown.
+                    if parked in self._parked:
                         self._parked.remove(parked)
+                    raise
                 continue
             batch = waiting.popleft()
             self._busy += 1
             try:
                 if batch.fresh_app_context:
-                    await InContext(self._run_in_app_context(batch), batch.context)
+                    await in_context(self._run_in_app_context(batch), batch.context)
                 else:
-                    await InContext(self._run(batch), batch.context)
+                    await in_context(self._run(batch), batch.context)
             except Exception:
                 job = batch.jobs[max(batch.next - 1, 0)]
                 logger.exception(
@@ -250,7 +251,9 @@ class TaskRunner:
             started = clock()
             wait = started - batch.handed_at
             counters.wait.add(wait)
-            span = None if tracing is None else tracing.start(job, batch, wait, started)
+            span = None
+            if tracing is not None and started >= tracing.quiet_until:
+                span = tracing.start(job, batch, wait, started)
             outcome, failure = "cancelled", None
             thread_call = None if job.is_async else ThreadCall(job, batch.source)
             try:

@@ -30,7 +30,9 @@ class Tracing:
         self._trace = trace
         self._context = context
         self._tracer: Any = None
-        self._next_look = 0.0
+        # A time.perf_counter() before which start() would return None, found
+        # no tracer provider at its last look: the runner skips the call until then.
+        self.quiet_until = 0.0
 
     @classmethod
     def load(cls) -> Tracing | None:
@@ -48,10 +50,10 @@ class Tracing:
         """
         trace = self._trace
         if self._tracer is None:
-            if now < self._next_look:
+            if now < self.quiet_until:
                 return None
-            self._next_look = now + self.RECHECK
             if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                self.quiet_until = now + self.RECHECK
                 return None  # The app has not set a tracer provider (yet).
             self._tracer = trace.get_tracer("quart_deferred", _version())
         request_span = trace.get_current_span().get_span_context()  # In the request's context.

@@ -275,3 +275,29 @@ async def test_callbacks_that_never_ran_are_logged(
     assert len(warnings) == 1
     assert "set_cookie for GET / did not run" in warnings[0].getMessage()
     assert warnings[0].__dict__["deferred_callback"].endswith("set_cookie")
+
+
+async def test_works_in_a_test_request_context_and_without_the_extension() -> None:
+    """Unit tests drive process_response by hand; apps without QuartDeferred work too."""
+    app = Quart(__name__)  # QuartDeferred(app) never called: no ASGI layer, state on g.
+    calls: list[str] = []
+
+    async with app.test_request_context("/"):
+
+        @after_this_request
+        async def first(response: Response) -> None:
+            calls.append("first")
+
+        @after_this_request
+        def second(response: Response) -> Response:
+            calls.append("second")
+            return Response("replaced")
+
+        response = await app.process_response(Response("original"))
+
+    assert calls == ["first", "second"]
+    assert isinstance(response, Response)
+    assert await response.get_data() == b"replaced"
+    async with app.test_request_context("/"):  # A new request starts with no callbacks.
+        await app.process_response(Response("again"))
+    assert calls == ["first", "second"]

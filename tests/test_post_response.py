@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+import gc
 import threading
 from typing import Any
+import weakref
 
 import httpx
 import pytest
 from quart import current_app, g, Quart, request, Response, session, websocket
 
-from quart_deferred import after_this_response, ContextError, QuartDeferred
+from quart_deferred import after_this_request, after_this_response, ContextError, QuartDeferred
 
 from .conftest import Client, QUART_VERSION, until, wait
 
@@ -477,3 +479,39 @@ async def test_registering_from_a_plain_jobs_thread_says_what_to_do(
     assert len(errors) == 1
     assert "already been sent" in errors[0]
     assert "from an async def job: plain jobs run on a thread" in errors[0]
+
+
+@pytest.mark.parametrize("registers", ["nothing", "a callback", "work", "both"])
+async def test_a_finished_request_is_freed_without_the_garbage_collector(
+    app: Quart, deferred: QuartDeferred, client: Client, registers: str
+) -> None:
+    """No reference cycle outlives the exchange: a request's memory comes back at once."""
+    requests: list[weakref.ref[Any]] = []
+
+    async def keep(response: Response) -> None:
+        pass
+
+    async def work() -> None:
+        pass
+
+    @app.get("/")
+    async def index() -> str:
+        requests.append(weakref.ref(request._get_current_object()))  # type: ignore[attr-defined]
+        if registers in ("a callback", "both"):
+            after_this_request(keep)
+        if registers in ("work", "both"):
+            after_this_response(work)
+        return "ok"
+
+    await client.get("/")  # Warm up: the runner and its first worker.
+    await deferred.join()
+    gc.collect()
+    gc.disable()
+    try:
+        assert (await client.get("/")).text == "ok"
+        await deferred.join()
+        await asyncio.sleep(0)  # Let the worker drop the batch it ran.
+        alive = requests[-1]() is not None
+    finally:
+        gc.enable()
+    assert not alive
