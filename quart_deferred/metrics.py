@@ -40,24 +40,41 @@ class Latency:
 
 
 class LatencyRecorder:
-    """Collects one latency; ``add`` is on every job's path, so it only appends."""
+    """Collects one latency.
 
-    __slots__ = ("count", "max", "sum", "window")
+    Recording is on every job's path, so it is a bare list append onto
+    ``samples``; the samples are folded into the count, sum, maximum and
+    window once there are ``WINDOW`` of them (see ``fold_if_due``), and
+    whenever a snapshot is taken.
+    """
+
+    __slots__ = ("count", "max", "samples", "sum", "window")
 
     def __init__(self) -> None:
         self.count = 0
         self.sum = 0.0
         self.max = 0.0
+        self.samples: list[float] = []  # Recorded, not yet folded in.
         self.window: deque[float] = deque(maxlen=WINDOW)
 
     def add(self, seconds: float) -> None:
-        self.count += 1
-        self.sum += seconds
-        if seconds > self.max:
-            self.max = seconds
-        self.window.append(seconds)
+        self.samples.append(seconds)
+
+    def fold_if_due(self) -> None:
+        if len(self.samples) >= WINDOW:
+            self._fold()
+
+    def _fold(self) -> None:
+        samples = self.samples
+        if samples:
+            self.count += len(samples)
+            self.sum += sum(samples)
+            self.max = max(self.max, max(samples))
+            self.window.extend(samples)
+            samples.clear()
 
     def snapshot(self) -> Latency:
+        self._fold()
         if not self.window:
             return Latency(self.count, self.sum, self.max)
         ordered = sorted(self.window)

@@ -154,7 +154,11 @@ class Exchange:
         event: dict[str, Any] = message  # type: ignore[assignment]
         kind = event["type"]
         if kind == "http.response.body":
-            if not event.get("more_body", False) and not self._trailers and self._has_work():
+            if (
+                not event.get("more_body", False)
+                and not self._trailers
+                and (self.batch is not None or self.hooks)  # _has_work(), without the call.
+            ):
                 return self._send_final(message)
         elif kind == "http.response.start":
             self.status = event["status"]

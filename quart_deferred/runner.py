@@ -243,6 +243,8 @@ class TaskRunner:
         timeout = self.task_timeout
         tracing = self._tracing
         clock = time.perf_counter
+        waits = counters.wait.samples  # Appended to directly: see LatencyRecorder.
+        durations = counters.duration.samples
         while batch.next < len(jobs):
             job = jobs[batch.next]
             batch.next += 1
@@ -250,7 +252,7 @@ class TaskRunner:
             counters.running += 1
             started = clock()
             wait = started - batch.handed_at
-            counters.wait.add(wait)
+            waits.append(wait)
             span = None
             if tracing is not None and started >= tracing.quiet_until:
                 span = tracing.start(job, batch, wait, started)
@@ -286,13 +288,15 @@ class TaskRunner:
                     _log_cancelled(job, batch, "it was still running")
                 raise
             finally:
-                counters.duration.add(clock() - started)
+                durations.append(clock() - started)
                 if job.key is not None:
                     self._keys.discard(job.key)
                 if span is not None:
                     span.end(outcome, failure)
             counters.running -= 1
             counters.succeeded += 1
+        counters.wait.fold_if_due()
+        counters.duration.fold_if_due()
 
     def _on_thread(self, thread_call: ThreadCall) -> asyncio.Future[None]:
         """Run *thread_call* on the runner's own threads, in a copy of the current context.

@@ -135,3 +135,14 @@ def test_before_any_job_the_quantiles_are_nan_and_labels_are_optional() -> None:
 def test_a_bad_label_name_is_a_clear_error(name: str) -> None:
     with pytest.raises(InvalidOptionError, match=f"got the label name '{name}'"):
         render_prometheus(Stats(), {name: "x"})
+
+
+def test_recording_stays_bounded_between_snapshots() -> None:
+    """The runner appends samples and folds them in every WINDOW: memory stays flat."""
+    recorder = LatencyRecorder()
+    for _ in range(10 * WINDOW):
+        recorder.add(0.5)
+        recorder.fold_if_due()
+        assert len(recorder.samples) < WINDOW
+    assert len(recorder.window) == WINDOW
+    assert recorder.snapshot() == Latency(10 * WINDOW, 5.0 * WINDOW, 0.5, 0.5, 0.5)
