@@ -14,7 +14,7 @@ cancellation) goes on into the inner coroutine, inside the context.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from contextvars import Context
 import types
 from typing import Any, TypeVar
@@ -23,8 +23,14 @@ T = TypeVar("T")
 
 
 @types.coroutine
-def in_context(coro: Coroutine[Any, Any, T], context: Context) -> Generator[Any, Any, T]:
+def in_context(
+    coro: Coroutine[Any, Any, T], context: Context, suspending: Callable[[], None]
+) -> Generator[Any, Any, T]:
     """Await *coro* with every step of it run in *context*.
+
+    *suspending* is called each time *coro* is about to wait, outside
+    *context*: the runner uses it to let another worker take the work that
+    is waiting meanwhile.
 
     A generator made awaitable by ``types.coroutine``, not an object with an
     ``__await__`` method: one generator per batch instead of an object and a
@@ -39,6 +45,7 @@ def in_context(coro: Coroutine[Any, Any, T], context: Context) -> Generator[Any,
         except StopIteration as stop:
             result: T = stop.value
             return result
+        suspending()
         try:
             value = yield yielded
         except GeneratorExit:  # The worker's coroutine is being closed.

@@ -7,6 +7,14 @@ worker runs the batch's jobs one after another, each step in the request's
 own captured context (see ``in_context.py``). Idle workers park on a future,
 so a steady stream of requests costs no task creation at all.
 
+Waking a parked worker is the dearest step here (a future, a loop callback
+and a task step: more than the rest of a short job), so one is woken only
+when none is already on its way. A worker takes batch after batch while
+they finish without waiting; when one of its batches has to wait, it first
+wakes another worker for whatever is queued behind it. So no batch waits
+for another batch's I/O, and a burst of requests that finish together
+costs one wake-up, not one each.
+
 Every job ends in exactly one of: succeeded, failed, timed out, cancelled.
 The counters move together, without an ``await`` in between, so that at
 every moment ``scheduled == waiting + running + succeeded + failed +
@@ -124,6 +132,7 @@ class TaskRunner:
         self._workers: set[asyncio.Task[None]] = set()
         self._busy = 0
         self._parked: list[asyncio.Future[None]] = []
+        self._waking = 0  # Workers woken or started that have not yet looked at the queue.
         self._idle_waiters: list[asyncio.Future[None]] = []
 
     # Admission
@@ -153,12 +162,28 @@ class TaskRunner:
         self._waiting.append(batch)
         if self.max_pending is not None:
             self._check_crowding(batch)
+        if not self._waking:  # A worker on its way takes this batch too.
+            self._wake()
+
+    def _wake(self) -> None:
+        """See that a worker comes for the waiting work: wake a parked one, or start one.
+
+        With ``max_concurrency`` workers busy, the next to finish its batch takes it.
+        """
         if self._parked:
             self._parked.pop().set_result(None)
         elif len(self._workers) < self.max_concurrency:
             worker = self.loop.create_task(self._work())
             self._workers.add(worker)
             worker.add_done_callback(self._workers.discard)
+        else:
+            return
+        self._waking += 1
+
+    def _hand_off(self) -> None:
+        """Called as a worker's batch starts to wait: another worker takes what is queued."""
+        if self._waiting and not self._waking:
+            self._wake()
 
     def _check_crowding(self, batch: Batch | None = None) -> None:
         """Warn once each time waiting work climbs past 80% of ``max_pending``."""
@@ -190,24 +215,29 @@ class TaskRunner:
     async def _work(self) -> None:
         """Be one worker: take waiting batches in FIFO order, park when there are none."""
         waiting = self._waiting
+        hand_off = self._hand_off
+        self._waking -= 1  # Started by _wake(), which counted this worker as on its way.
         while True:
             if not waiting:
                 parked = self.loop.create_future()
                 self._parked.append(parked)
                 try:
-                    await parked  # submit() pops it off the list as it wakes it.
+                    await parked  # _wake() pops it off the list as it wakes it.
                 except asyncio.CancelledError:  # Shutdown.
                     if parked in self._parked:
                         self._parked.remove(parked)
+                    elif not parked.cancelled():  # Woken, then cancelled before it ran.
+                        self._waking -= 1
                     raise
+                self._waking -= 1
                 continue
             batch = waiting.popleft()
             self._busy += 1
             try:
                 if batch.fresh_app_context:
-                    await in_context(self._run_in_app_context(batch), batch.context)
+                    await in_context(self._run_in_app_context(batch), batch.context, hand_off)
                 else:
-                    await in_context(self._run(batch), batch.context)
+                    await in_context(self._run(batch), batch.context, hand_off)
             except Exception:
                 job = batch.jobs[max(batch.next - 1, 0)]
                 logger.exception(

@@ -180,6 +180,39 @@ async def test_concurrency_limit_with_fifo_waiting(app: Quart, deferred: QuartDe
     assert started == [0, 1, 2, 3, 4, 5]
 
 
+async def test_a_waiting_batch_does_not_hold_back_the_ones_queued_behind_it(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    """Batches queued together share one wake-up, but one that waits hands the rest on.
+
+    The first request's job can only finish once the second one's has run, and
+    both are queued before any worker has started: run in turn, they would
+    never finish.
+    """
+    second_ran = asyncio.Event()
+    order: list[str] = []
+
+    async def first() -> None:
+        order.append("first started")
+        await second_ran.wait()
+        order.append("first finished")
+
+    async def second() -> None:
+        order.append("second")
+        second_ran.set()
+
+    @app.get("/")
+    async def index() -> str:
+        deferred.start_soon(first)
+        deferred.start_soon(second)
+        return "ok"
+
+    await app.test_client().get("/")
+    await wait(deferred.join())
+    assert order == ["first started", "second", "first finished"]
+    assert counts(deferred.stats()) == Stats(scheduled=2, succeeded=2)
+
+
 async def test_join_waits_for_work_added_while_it_waits(
     app: Quart, deferred: QuartDeferred
 ) -> None:
