@@ -80,16 +80,10 @@ async def noop_callback(response: ResponseTypes) -> ResponseTypes:
     return response
 
 
-def deferred(view: Callable[[], None] | None) -> tuple[Quart, Drain]:
-    """Our extension installed; *view* is what the view does with it (None: nothing)."""
-    app = _app("deferred")
+def _deferred(name: str) -> tuple[Quart, Drain]:
+    """An app with our extension installed, and a drain that joins its work."""
+    app = _app(name)
     extension = QuartDeferred(app)
-
-    @app.get("/")
-    async def index() -> str:
-        if view is not None:
-            view()
-        return "ok"
 
     async def drain() -> None:
         await extension.join()
@@ -97,16 +91,51 @@ def deferred(view: Callable[[], None] | None) -> tuple[Quart, Drain]:
     return app, drain
 
 
-def one_after_this_request() -> None:
-    after_this_request(noop_callback)
+# Each view calls our function itself, as the native variants call Quart's:
+# an extra call in between would be counted against us.
 
 
-def one_after_this_response() -> None:
-    after_this_response(noop)
+def deferred_unused() -> tuple[Quart, Drain]:
+    app, drain = _deferred("deferred_unused")
+
+    @app.get("/")
+    async def index() -> str:
+        return "ok"
+
+    return app, drain
 
 
-def one_sync_after_this_response() -> None:
-    after_this_response(sync_noop)
+def deferred_after_this_request() -> tuple[Quart, Drain]:
+    app, drain = _deferred("deferred_after_this_request")
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_request(noop_callback)
+        return "ok"
+
+    return app, drain
+
+
+def deferred_after_this_response() -> tuple[Quart, Drain]:
+    app, drain = _deferred("deferred_after_this_response")
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(noop)
+        return "ok"
+
+    return app, drain
+
+
+def deferred_sync_after_this_response() -> tuple[Quart, Drain]:
+    app, drain = _deferred("deferred_sync_after_this_response")
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(sync_noop)
+        return "ok"
+
+    return app, drain
 
 
 # Module-level apps for the served benchmark (hypercorn imports them by name). Both

@@ -21,13 +21,10 @@ VARIANTS: list[Variant] = [
     ("Quart sync view (one run_sync thread hop)", apps.sync_view),
     ("Quart add_background_task(noop)", apps.background_task),
     ("Quart after_this_request (native)", apps.native_after_this_request),
-    ("ours: installed, unused", lambda: apps.deferred(None)),
-    ("ours: one after_this_request", lambda: apps.deferred(apps.one_after_this_request)),
-    ("ours: one after_this_response noop", lambda: apps.deferred(apps.one_after_this_response)),
-    (
-        "ours: one sync after_this_response",
-        lambda: apps.deferred(apps.one_sync_after_this_response),
-    ),
+    ("ours: installed, unused", apps.deferred_unused),
+    ("ours: one after_this_request", apps.deferred_after_this_request),
+    ("ours: one after_this_response noop", apps.deferred_after_this_response),
+    ("ours: one sync after_this_response", apps.deferred_sync_after_this_response),
 ]
 
 
