@@ -15,26 +15,28 @@ from quart.globals import _cv_app
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-try:
-    from quart.globals import _cv_request, _cv_websocket
-except ImportError:  # Quart 0.23+
-    _cv_request = _cv_websocket = None  # type: ignore[assignment]
-
 _REPORT_TAKES_CONTEXT = "ctx" in inspect.signature(Quart.handle_background_exception).parameters
 
+# current_source() returns the current request or websocket, or None outside
+# both. It is on every registration's path, so the Quart version is looked at
+# once, here. The ContextVars are read directly: the `request` proxy would
+# raise, and has_request_context() followed by the proxy costs twice as much.
+try:
+    from quart.globals import _cv_request, _cv_websocket
+except ImportError:  # Quart 0.23+: the app context holds the request or websocket.
 
-def current_source() -> BaseRequestWebsocket | None:
-    """Return the current request or websocket, or ``None`` outside both."""
-    # The ContextVars are read directly: the `request` proxy would raise, and
-    # has_request_context() followed by the proxy costs twice as much.
-    if _cv_request is None:
+    def current_source() -> BaseRequestWebsocket | None:
         app_ctx: Any = _cv_app.get(None)
         return None if app_ctx is None else app_ctx._request or app_ctx._websocket
-    request_ctx = _cv_request.get(None)
-    if request_ctx is not None:
-        return request_ctx.request_websocket
-    websocket_ctx = _cv_websocket.get(None)
-    return None if websocket_ctx is None else websocket_ctx.request_websocket
+
+else:
+
+    def current_source() -> BaseRequestWebsocket | None:
+        request_ctx = _cv_request.get(None)
+        if request_ctx is not None:
+            return request_ctx.request_websocket
+        websocket_ctx = _cv_websocket.get(None)
+        return None if websocket_ctx is None else websocket_ctx.request_websocket
 
 
 async def handle_background_exception(app: Quart, error: Exception) -> None:

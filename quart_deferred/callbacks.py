@@ -6,7 +6,7 @@ one, on ``g``; see state.py). On the first one in a request, it hands
 per-request ``after_this_request``, so
 that Quart calls it with the response before the blueprint and app
 ``after_request`` functions, and apps that never use it pay nothing per
-request. Each callback is consumed as it is
+request. Each callback is taken off the list as it is
 called, so a callback that raises is never called twice, and the ones after
 it still run when Quart passes the resulting 500 response through its
 per-request list (and so the dispatcher) again.
@@ -27,7 +27,7 @@ from werkzeug.sansio.response import Response as _BaseResponse
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import _is_async, callable_name, describe, log_fields
-from .state import exchange_of, RequestState, state_on_g
+from .state import RequestState, SCOPE_KEY, state_on_g
 
 if TYPE_CHECKING:
     from .post_response import Exchange
@@ -74,11 +74,11 @@ def after_this_request(func: C) -> C:
             )
         raise ContextError(msg)
     is_async = _is_async(func, "after_this_request")
-    exchange = exchange_of(source)
+    exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
     state: Exchange | RequestState
     if exchange is None:
         state = state_on_g(source)
-    elif exchange.finished or exchange.status is not None:
+    elif exchange.finished or exchange.start is not None:
         msg = (
             f"after_this_request() was called after the response to {describe(source)} "
             "had started to go out, so the callback could never change it. Register "
@@ -102,10 +102,10 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
     """Call the request's deferred callbacks in order (an ``after_request`` function)."""
     callbacks = state.request_callbacks
     assert callbacks is not None  # Registered with the first callback.
-    # A while loop, not a for loop: callbacks may register further callbacks.
-    while state.request_callbacks_ran < len(callbacks):
-        func, is_async = callbacks[state.request_callbacks_ran]
-        state.request_callbacks_ran += 1
+    # Each is taken off the list before it is called, so it is never called twice.
+    # `while`, not `for`: callbacks may register further callbacks.
+    while callbacks:
+        func, is_async = callbacks.pop(0)
         if is_async:
             result = await func(response)
         else:
@@ -125,8 +125,7 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
 
 def log_callbacks_not_run(exchange: Exchange) -> None:
     """Log each ``after_this_request`` callback the exchange ended without calling."""
-    callbacks = exchange.request_callbacks or []
-    for func, _ in callbacks[exchange.request_callbacks_ran :]:
+    for func, _ in exchange.request_callbacks or ():
         name = callable_name(func)
         origin = describe(exchange.source)
         logger.warning(

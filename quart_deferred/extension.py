@@ -62,6 +62,9 @@ class AppState:
         self.counters = Counters()
         self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
         self.capturing = False
+        # Whether the runner has a QUART_DEFERRED_MAX_PENDING to admit work against:
+        # checked on every registration, so admit() is called only when it matters.
+        self.admitting = False
         self._runner: TaskRunner | None = None
 
     def runner(self) -> TaskRunner:
@@ -90,6 +93,7 @@ class AppState:
             max_pending=_optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING"),
             threads=_whole_number(config, "QUART_DEFERRED_THREADS"),
         )
+        self.admitting = self._runner.max_pending is not None
         return self._runner
 
     def admit(self, func: object, caller: str) -> None:
@@ -349,7 +353,7 @@ class QuartDeferred:
                 "clients, use await deferred.join()."
             )
             raise ContextError(msg)
-        done = exchange.work_done
+        done: asyncio.Future[list[BaseException]] | None = getattr(exchange, "work_done", None)
         if done is None:  # The request left no post-response work.
             return []
         with anyio.move_on_after(timeout):

@@ -125,7 +125,9 @@ class TaskRunner:
         self._tracing = Tracing.load()  # None unless OpenTelemetry is installed.
         self._crowded = False  # Waiting work is past 80% of max_pending.
         self.closed = False
-        self.pending = 0  # Exchanges whose final message is going out right now.
+        # Exchanges whose final message is going out right now (they add one, and
+        # release() when done), so that join() waits for their work too.
+        self.pending = 0
         self._counters = counters
         self._keys = keys
         self._waiting: deque[Batch] = deque()
@@ -201,11 +203,8 @@ class TaskRunner:
             )
         self._crowded = crowded
 
-    def hold(self) -> None:
-        """Count an exchange whose final message is being sent, so ``join`` waits for it."""
-        self.pending += 1
-
     def release(self) -> None:
+        """Stop counting an exchange in ``pending``: its work, if any, has been submitted."""
         self.pending -= 1
         if self._idle_waiters:
             self._wake_idle_waiters()

@@ -31,18 +31,18 @@ if TYPE_CHECKING:
 G_KEY = "_quart_deferred"
 SCOPE_KEY = "quart_deferred.exchange"
 
-RequestCallbacks = list[tuple[Any, bool]]  # (callback, is_async) in registration order.
+# (callback, is_async) in registration order; each is taken off as it is called.
+RequestCallbacks = list[tuple[Any, bool]]
 
 
 class RequestState:
     """The ``after_this_request`` callbacks of a request without an exchange."""
 
-    __slots__ = ("request_callbacks", "request_callbacks_ran", "source")
+    __slots__ = ("request_callbacks", "source")
 
     def __init__(self, source: BaseRequestWebsocket) -> None:
         self.source: BaseRequestWebsocket | None = source
         self.request_callbacks: RequestCallbacks | None = None
-        self.request_callbacks_ran = 0
 
 
 def exchange_of(source: BaseRequestWebsocket) -> Exchange | None:
@@ -72,13 +72,9 @@ def on_event_loop() -> bool:
     return True
 
 
-def require_exchange(source: BaseRequestWebsocket, caller: str) -> Exchange:
-    """Return the exchange of *source*, or raise why work cannot be added to it."""
-    exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
-    if exchange is not None and not exchange.finished:
-        exchange.source = source
-        return exchange
-    if exchange is None:
+def cannot_add_work(source: BaseRequestWebsocket, finished: bool, caller: str) -> ContextError:
+    """Say why *caller* cannot add post-response work to *source*'s exchange."""
+    if not finished:
         msg = (
             f"{caller}() was called in a request that did not come through an app "
             "wrapped by QuartDeferred, so nothing will see its response go out. "
@@ -92,4 +88,4 @@ def require_exchange(source: BaseRequestWebsocket, caller: str) -> Exchange:
             "Use deferred.start_soon() to start more work from here"
             + ("." if on_event_loop() else " (from an async def job: plain jobs run on a thread).")
         )
-    raise ContextError(msg)
+    return ContextError(msg)

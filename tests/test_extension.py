@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from quart import Quart, request
@@ -36,6 +37,34 @@ def test_factory_form_and_asgi_app_wrapping() -> None:
     deferred.init_app(app)
     assert app.extensions["quart_deferred"].extension is deferred
     assert isinstance(app, Quart)  # `quart run` still sees a Quart app.
+
+
+async def test_a_middleware_installed_before_the_extension_stays_in_the_chain() -> None:
+    """Wrapping Quart's own asgi_app, the extension calls Quart's HTTP handler directly;
+    wrapping anything else, it calls that, so an earlier middleware still sees requests."""
+    app = Quart(__name__)
+    inner = app.asgi_app
+    seen: list[str] = []
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(scope["path"])
+        await inner(scope, receive, send)
+
+    app.asgi_app = middleware  # type: ignore[method-assign]
+    deferred = QuartDeferred(app)
+    ran: list[str] = []
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(ran.append, request.path)
+        return "ok"
+
+    response = await app.test_client().get("/")
+    await deferred.join(timeout=5)
+    assert await response.get_data(as_text=True) == "ok"
+    assert seen == ["/"]
+    assert ran == ["/"]
 
 
 def test_initialising_twice_is_an_error() -> None:
