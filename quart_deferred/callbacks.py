@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import partial
+from inspect import CO_COROUTINE
 import logging
+from types import FunctionType
 from typing import Any, TYPE_CHECKING, TypeVar
 
 import quart
@@ -73,7 +75,10 @@ def after_this_request(func: C) -> C:
                 "connection has closed."
             )
         raise ContextError(msg)
-    is_async = _is_async(func, "after_this_request")
+    if type(func) is FunctionType and func.__code__.co_flags & CO_COROUTINE:
+        is_async = True  # An async def function, told without a call: the common case.
+    else:
+        is_async = _is_async(func, "after_this_request")
     exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
     state: Exchange | RequestState
     if exchange is None:

@@ -44,8 +44,8 @@ class LatencyRecorder:
 
     Recording is on every job's path, so it is a bare list append onto
     ``samples``; the samples are folded into the count, sum, maximum and
-    window once there are ``WINDOW`` of them (see ``fold_if_due``), and
-    whenever a snapshot is taken.
+    window by ``fold()``, which the runner calls once there are ``WINDOW``
+    of them, and which every snapshot calls.
     """
 
     __slots__ = ("count", "max", "samples", "sum", "window")
@@ -60,11 +60,7 @@ class LatencyRecorder:
     def add(self, seconds: float) -> None:
         self.samples.append(seconds)
 
-    def fold_if_due(self) -> None:
-        if len(self.samples) >= WINDOW:
-            self._fold()
-
-    def _fold(self) -> None:
+    def fold(self) -> None:
         samples = self.samples
         if samples:
             self.count += len(samples)
@@ -74,7 +70,7 @@ class LatencyRecorder:
             samples.clear()
 
     def snapshot(self) -> Latency:
-        self._fold()
+        self.fold()
         if not self.window:
             return Latency(self.count, self.sum, self.max)
         ordered = sorted(self.window)

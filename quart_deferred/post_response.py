@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from dataclasses import dataclass
+from inspect import CO_COROUTINE
 import logging
+from types import FunctionType
 from typing import Any, overload, ParamSpec, TYPE_CHECKING, TypeVar
 
 from hypercorn.typing import (
@@ -147,8 +149,10 @@ class Exchange:
             return self._send(message)
         kind = event["type"]
         if kind == "http.response.body":
-            if not event.get("more_body", False) and not self._trailers():
-                return self._send_final(message)
+            if not event.get("more_body", False):
+                start = self.start
+                if start is None or not start.get("trailers", False):  # Else trailers end it.
+                    return self._send_final(message)
         elif kind == "http.response.start":
             self.start = event
         elif (
@@ -156,9 +160,6 @@ class Exchange:
         ) or kind == "http.response.pathsend":
             return self._send_final(message)
         return self._send(message)
-
-    def _trailers(self) -> bool:
-        return self.start is not None and bool(self.start.get("trailers", False))
 
     async def _send_final(self, message: ASGISendEvent) -> None:
         runner = self.app_state.runner()
@@ -193,7 +194,8 @@ class Exchange:
 
     def _submit(self, complete: bool, runner: TaskRunner) -> None:
         batch, self.batch = self.batch, None  # Break the cycle through its context.
-        status = self.status
+        start = self.start
+        status: int | None = None if start is None else start["status"]
         successful = _successful(complete, status)
         jobs: list[Job]
         if batch is None:  # App-wide hooks for a request that never reached Quart's hooks.
@@ -208,8 +210,8 @@ class Exchange:
                     ]
                     break
         if self.hooks:
-            start = self.start or {}
-            delivery = Delivery(status, complete, tuple(start.get("headers", ())))
+            headers = () if start is None else tuple(start.get("headers", ()))
+            delivery = Delivery(status, complete, headers)
             for hook in self.hooks:
                 if hook.when == "always" or (hook.when == "success") is successful:
                     jobs.append(hook.job_for(delivery))
@@ -427,7 +429,11 @@ def _defer(
     key: str | None,
     caller: str = "after_this_response",
 ) -> bool:
-    job = Job(func, args, kwargs, _is_async(func, caller), when, key)  # type: ignore[arg-type]
+    if type(func) is FunctionType and func.__code__.co_flags & CO_COROUTINE:
+        is_async = True  # An async def function, told without a call: the common case.
+    else:
+        is_async = _is_async(func, caller)
+    job = Job(func, args, kwargs, is_async, when, key)  # type: ignore[arg-type]
     source = current_source()
     if source is None:
         msg = (

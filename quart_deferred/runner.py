@@ -40,7 +40,7 @@ from ._compat import handle_background_exception
 from .exceptions import OverloadedError
 from .in_context import in_context
 from .jobs import Batch, callable_name, Job, log_fields
-from .metrics import Latency, LatencyRecorder
+from .metrics import Latency, LatencyRecorder, WINDOW
 from .threads import ThreadCall
 from .tracing import Tracing
 
@@ -274,8 +274,7 @@ class TaskRunner:
         clock = time.perf_counter
         waits = counters.wait.samples  # Appended to directly: see LatencyRecorder.
         durations = counters.duration.samples
-        while batch.next < len(jobs):
-            job = jobs[batch.next]
+        for job in jobs:
             batch.next += 1
             counters.waiting -= 1
             counters.running += 1
@@ -324,8 +323,9 @@ class TaskRunner:
                     span.end(outcome, failure)
             counters.running -= 1
             counters.succeeded += 1
-        counters.wait.fold_if_due()
-        counters.duration.fold_if_due()
+        if len(waits) >= WINDOW:  # Checked here, not in a call per sample: see LatencyRecorder.
+            counters.wait.fold()
+            counters.duration.fold()
 
     def _on_thread(self, thread_call: ThreadCall) -> asyncio.Future[None]:
         """Run *thread_call* on the runner's own threads, in a copy of the current context.

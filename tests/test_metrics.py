@@ -137,12 +137,21 @@ def test_a_bad_label_name_is_a_clear_error(name: str) -> None:
         render_prometheus(Stats(), {name: "x"})
 
 
-def test_recording_stays_bounded_between_snapshots() -> None:
-    """The runner appends samples and folds them in every WINDOW: memory stays flat."""
-    recorder = LatencyRecorder()
-    for _ in range(10 * WINDOW):
-        recorder.add(0.5)
-        recorder.fold_if_due()
-        assert len(recorder.samples) < WINDOW
-    assert len(recorder.window) == WINDOW
-    assert recorder.snapshot() == Latency(10 * WINDOW, 5.0 * WINDOW, 0.5, 0.5, 0.5)
+async def test_recording_stays_bounded_between_snapshots(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    """The runner folds its samples in every WINDOW jobs: memory stays flat with no snapshot."""
+
+    async def noop() -> None:
+        pass
+
+    async with app.app_context():
+        for _ in range(10 * WINDOW + 3):
+            deferred.start_soon(noop)
+        await deferred.join(timeout=5)
+    counters = app.extensions["quart_deferred"].counters
+    assert len(counters.wait.samples) < WINDOW
+    assert len(counters.duration.samples) < WINDOW
+    latency = deferred.stats().wait
+    assert latency.count == 10 * WINDOW + 3
+    assert len(counters.wait.window) == WINDOW
