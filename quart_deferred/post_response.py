@@ -327,6 +327,10 @@ class PostResponseMiddleware:
                 ):
                     exchange.finish(complete=False)
                 exchange.source = None  # See finish().
+                # The server's send is a method of its stream, which holds the scope,
+                # which holds the exchange: let go of it, or that cycle keeps every
+                # request's stream alive until the garbage collector finds it.
+                del exchange._send
         elif kind == "websocket":
             connection = WebsocketExchange(self.state, send, receive)
             writable[SCOPE_KEY] = connection
@@ -336,6 +340,7 @@ class PostResponseMiddleware:
                 complete = True
             finally:
                 connection.finish(complete=complete)
+                del connection._send, connection._receive  # As for HTTP, above.
         elif kind == "lifespan":
             await self.app(scope, self._draining_first(receive), send)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncGenerator
 import gc
 import threading
@@ -13,9 +14,11 @@ import httpx
 import pytest
 from quart import current_app, g, Quart, request, Response, session, websocket
 
+from benchmarks.loadgen import Connection
 from quart_deferred import after_this_request, after_this_response, ContextError, QuartDeferred
 
 from .conftest import Client, QUART_VERSION, until, wait
+from .servers import running
 
 
 async def test_work_starts_only_after_the_client_has_the_whole_body(
@@ -515,3 +518,60 @@ async def test_a_finished_request_is_freed_without_the_garbage_collector(
     finally:
         gc.enable()
     assert not alive
+
+
+@pytest.mark.parametrize("registers", ["nothing", "a callback", "work"])
+async def test_a_served_request_leaves_the_collector_no_more_than_bare_quart(
+    registers: str,
+) -> None:
+    """Under hypercorn the extension adds no reference cycle to a request.
+
+    A cycle through the exchange (the server's stream holds the scope, the scope
+    the exchange, the exchange the stream's send) kept every request's stream,
+    queue and events alive until the next collection: more and longer pauses.
+    """
+
+    async def keep(response: Response) -> None:
+        pass
+
+    async def work() -> None:
+        pass
+
+    def make(with_extension: bool) -> Quart:
+        app = Quart(__name__)
+        if with_extension:
+            QuartDeferred(app)
+
+        @app.get("/")
+        async def index() -> str:
+            if with_extension and registers == "a callback":
+                after_this_request(keep)
+            elif with_extension and registers == "work":
+                after_this_response(work)
+            return "ok"
+
+        return app
+
+    async def garbage_per_request(app: Quart) -> Counter[str]:
+        requests = 20
+        async with running(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            async with await Connection.open(host, int(port)) as connection:
+                await connection.get("/")  # Warm up.
+                gc.collect()
+                gc.disable()
+                gc.set_debug(gc.DEBUG_SAVEALL)
+                try:
+                    for _ in range(requests):
+                        assert await connection.get("/") == (200, b"ok")
+                    if app.extensions:
+                        await app.extensions["quart_deferred"].extension.join(timeout=5)
+                    gc.collect()
+                    found = Counter(type(item).__qualname__ for item in gc.garbage)
+                finally:
+                    gc.set_debug(0)
+                    gc.garbage.clear()
+                    gc.enable()
+        return Counter({name: count // requests for name, count in found.items()})
+
+    assert await garbage_per_request(make(True)) == await garbage_per_request(make(False))
