@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 _GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 
+# The keyword arguments of every job that has none: one dict, never changed, rather
+# than an empty one kept alive per waiting job.
+NO_KWARGS: dict[str, Any] = {}
+
 When = Literal["always", "success", "failure"]
 WHEN_VALUES: tuple[When, ...] = ("always", "success", "failure")
 

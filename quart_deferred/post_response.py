@@ -34,7 +34,17 @@ from werkzeug.datastructures import Headers
 from ._compat import current_source
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import _is_async, Batch, check_key, check_when, describe, Job, log_fields, When
+from .jobs import (
+    _is_async,
+    Batch,
+    check_key,
+    check_when,
+    describe,
+    Job,
+    log_fields,
+    NO_KWARGS,
+    When,
+)
 from .state import cannot_add_work, SCOPE_KEY
 
 if TYPE_CHECKING:
@@ -190,7 +200,8 @@ class Exchange:
         finally:
             # The request refers to its exchange through its scope: let go of it,
             # so that reference counting, not the garbage collector, frees both.
-            self.source = None
+            # The start message is not needed either while the work waits.
+            self.source = self.start = None
 
     def _submit(self, complete: bool, runner: TaskRunner) -> None:
         batch, self.batch = self.batch, None  # Break the cycle through its context.
@@ -438,7 +449,7 @@ def _defer(
         is_async = True  # An async def function, told without a call: the common case.
     else:
         is_async = _is_async(func, caller)
-    job = Job(func, args, kwargs, is_async, when, key)  # type: ignore[arg-type]
+    job = Job(func, args, kwargs or NO_KWARGS, is_async, when, key)  # type: ignore[arg-type]
     source = current_source()
     if source is None:
         msg = (
