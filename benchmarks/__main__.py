@@ -33,7 +33,7 @@ async def main(arguments: argparse.Namespace) -> Report:
     if "inprocess" in arguments.only:
         await inprocess.run(report, requests=arguments.requests, rounds=arguments.rounds)
     if "instructions" in arguments.only:
-        instructions.run(report)
+        await instructions.run(report)
     if "latency" in arguments.only:
         await latency.run(report, rounds=arguments.rounds)
     if "served" in arguments.only:
