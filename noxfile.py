@@ -31,7 +31,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Run mypy --strict over the package, tests, examples and this file."""
-    session.install("-e", ".[test]", "mypy>=1.10", "nox")
+    session.install("-e", ".[test,bench]", "mypy>=1.10", "nox")
     session.run("mypy", "quart_deferred", "tests", "examples", "benchmarks", "noxfile.py")
 
 
@@ -51,5 +51,5 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and print one table (not a default session)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,bench]")
     session.run("python", "-m", "benchmarks", *session.posargs)

@@ -11,6 +11,8 @@ from quart.typing import ResponseTypes
 
 from quart_deferred import after_this_request, after_this_response, QuartDeferred
 
+from .asgi import ASGIApp
+
 Drain = Callable[[], Awaitable[None]]
 
 
@@ -136,6 +138,31 @@ def deferred_sync_after_this_response() -> tuple[Quart, Drain]:
         return "ok"
 
     return app, drain
+
+
+# Starlette, for reference: its BackgroundTask runs inline, inside the ASGI call,
+# after the final send. Imported here, so that the rest runs without Starlette.
+
+
+def starlette_bare() -> tuple[ASGIApp, Drain]:
+    return _starlette(background=False), noop
+
+
+def starlette_background_task() -> tuple[ASGIApp, Drain]:
+    return _starlette(background=True), noop  # The call returns once the task has run.
+
+
+def _starlette(*, background: bool) -> ASGIApp:
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    async def index(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(noop) if background else None)
+
+    return Starlette(routes=[Route("/", index)])
 
 
 # Module-level apps for the served benchmark (hypercorn imports them by name). Both

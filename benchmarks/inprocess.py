@@ -7,13 +7,11 @@ import gc
 import sys
 import time
 
-from quart import Quart
-
 from . import apps
-from .asgi import drive
+from .asgi import ASGIApp, drive
 from .report import median, Report
 
-Variant = tuple[str, Callable[[], tuple[Quart, apps.Drain]]]
+Variant = tuple[str, Callable[[], tuple[ASGIApp, apps.Drain]]]
 
 VARIANTS: list[Variant] = [
     ("bare Quart", apps.bare),
@@ -25,6 +23,11 @@ VARIANTS: list[Variant] = [
     ("ours: one after_this_request", apps.deferred_after_this_request),
     ("ours: one after_this_response noop", apps.deferred_after_this_response),
     ("ours: one sync after_this_response", apps.deferred_sync_after_this_response),
+]
+# Compared with Starlette itself, not with Quart; left out where Starlette is not installed.
+STARLETTE_VARIANTS: list[Variant] = [
+    ("Starlette, bare", apps.starlette_bare),
+    ("Starlette BackgroundTask(noop)", apps.starlette_background_task),
 ]
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+import importlib.util
 import sys
 import time
 
@@ -46,22 +49,31 @@ def _app() -> tuple[Quart, QuartDeferred, dict[str, float]]:
 
 async def run(report: Report, *, rounds: int) -> None:
     await _time_to_final_send(report, rounds)
+    await _starlette_holds_the_call(report, rounds)
     await _start_latency(report)
     await _keep_alive(report, rounds)
 
 
+@asynccontextmanager
+async def _serving() -> AsyncIterator[tuple[Quart, QuartDeferred, dict[str, float]]]:
+    """The app with its lifespan started, so that its runner is shut down, not dropped."""
+    app, deferred, started = _app()
+    async with app.test_app():
+        yield app, deferred, started
+
+
 async def _time_to_final_send(report: Report, rounds: int) -> None:
     """A view scheduling 200 ms of post-response work vs the same view without it."""
-    app, deferred, _ = _app()
     to_send: dict[str, list[float]] = {"/plain": [], "/sleeps": []}
     to_return: dict[str, list[float]] = {"/plain": [], "/sleeps": []}
-    for _ in range(rounds * 20):
-        for path in ("/plain", "/sleeps"):
-            started = time.perf_counter()
-            exchange = await asgi_request(app, path)
-            to_return[path].append(time.perf_counter() - started)
-            to_send[path].append(exchange.final_sent_at - started)
-    await deferred.join()
+    async with _serving() as (app, deferred, _):
+        for _ in range(rounds * 20):
+            for path in ("/plain", "/sleeps"):
+                started = time.perf_counter()
+                exchange = await asgi_request(app, path)
+                to_return[path].append(time.perf_counter() - started)
+                to_send[path].append(exchange.final_sent_at - started)
+        await deferred.join()
     send_ratio = median(to_send["/sleeps"]) / median(to_send["/plain"])
     return_ratio = median(to_return["/sleeps"]) / median(to_return["/plain"])
     report.add(
@@ -81,19 +93,65 @@ async def _time_to_final_send(report: Report, rounds: int) -> None:
     print("  latency: time to final send done", file=sys.stderr)
 
 
+async def _starlette_holds_the_call(report: Report, rounds: int) -> None:
+    """For comparison: Starlette runs a BackgroundTask in the ASGI call, after the final send."""
+    if importlib.util.find_spec("starlette") is None:
+        report.add("latency", "Starlette, for comparison", "skipped: pip install starlette")
+        return
+    from starlette.applications import Starlette
+    from starlette.background import BackgroundTask
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    async def plain(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def sleeps(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok", background=BackgroundTask(asyncio.sleep, 0.2))
+
+    async def passthrough(request: Request, call_next: RequestResponseEndpoint) -> Response:
+        return await call_next(request)
+
+    routes = [Route("/plain", plain), Route("/sleeps", sleeps)]
+    for label, middleware in (
+        ("Starlette", []),
+        ("Starlette behind BaseHTTPMiddleware", [Middleware(BaseHTTPMiddleware, passthrough)]),
+    ):
+        app = Starlette(routes=routes, middleware=middleware)
+        to_return: dict[str, list[float]] = {"/plain": [], "/sleeps": []}
+        for _ in range(rounds):
+            for path in ("/plain", "/sleeps"):
+                started = time.perf_counter()
+                await asgi_request(app, path)
+                to_return[path].append(time.perf_counter() - started)
+        held, unheld = median(to_return["/sleeps"]), median(to_return["/plain"])
+        report.add(
+            "latency",
+            f"{label}: ASGI call with a 200 ms BackgroundTask",
+            f"{held * 1e3:.0f} ms, x{held / unheld:.0f} (held for the task)",
+        )
+    print("  latency: Starlette done", file=sys.stderr)
+
+
 async def _start_latency(report: Report) -> None:
     """From the final send returning to the job's first line."""
     for concurrency, goal_ms in ((1, 0.2), (100, 5.0)):
-        app, deferred, started = _app()
         sent: dict[str, float] = {}
-        await _send_recorded(app, sent, "warm-up", 200)
-        await deferred.join()
-        sent.clear()
-        started.clear()
-        await asyncio.gather(
-            *(_send_recorded(app, sent, str(i), 2000 // concurrency) for i in range(concurrency))
-        )
-        await deferred.join()
+        async with _serving() as (app, deferred, started):
+            await _send_recorded(app, sent, "warm-up", 200)
+            await deferred.join()
+            sent.clear()
+            started.clear()
+            await asyncio.gather(
+                *(
+                    _send_recorded(app, sent, str(i), 2000 // concurrency)
+                    for i in range(concurrency)
+                )
+            )
+            await deferred.join()
         delays = [(started[key] - sent[key]) * 1e3 for key in sent]
         p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
         report.add(

@@ -124,7 +124,9 @@ class Exchange:
     # its work has ended, for ``deferred.wait_for(response)``.
     track_work = False
 
-    def __init__(self, app_state: AppState, send: ASGISendCallable, hooks: tuple[Hook, ...]):
+    def __init__(
+        self, app_state: AppState, send: ASGISendCallable, hooks: tuple[Hook, ...]
+    ) -> None:
         self.app_state = app_state
         self._send = send
         # The request, once it has registered something; for log lines.
@@ -262,7 +264,9 @@ class WebsocketExchange(Exchange):
 
     __slots__ = ("_held", "_receive")
 
-    def __init__(self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable):
+    def __init__(
+        self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable
+    ) -> None:
         super().__init__(app_state, send, ())
         self._receive = receive
         self._held: TaskRunner | None = None
