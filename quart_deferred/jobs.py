@@ -79,7 +79,7 @@ class Batch:
         self.fresh_app_context = fresh_app_context
         self.next = 0  # The index of the next job to run.
         self.handed_at = 0.0  # time.perf_counter() when the runner took it.
-        self.status: int | None = None  # The response's status, for tracing; None if none.
+        self.status: int | None = None  # The response's status (tracing, logs); None if none.
         # Only while the pytest plugin tracks work (see testing.py): settled with
         # the batch's failures once every job has ended.
         self.done: asyncio.Future[list[BaseException]] | None = None

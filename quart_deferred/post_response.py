@@ -139,11 +139,6 @@ class Exchange:
         # The response's start message (status and headers) once it has been sent.
         self.start: dict[str, Any] | None = None
 
-    @property
-    def status(self) -> int | None:
-        """The status sent with the response's start, or ``None`` before it."""
-        return None if self.start is None else self.start["status"]
-
     def batch_for(self, source: BaseRequestWebsocket) -> Batch:
         """Return the batch of this request's work, capturing its context on first use."""
         batch = self.batch
@@ -216,12 +211,13 @@ class Exchange:
             batch = Batch(jobs, Context(), self.source, fresh_app_context=True)
         else:
             jobs = batch.jobs
-            for job in jobs:
-                if job.when != "always":  # Only then is there anything to filter out.
-                    jobs = batch.jobs = [
-                        job for job in jobs if self._runs(job, complete, successful, batch)
-                    ]
-                    break
+        batch.status = status  # For tracing, and for the line that logs a skipped job.
+        for job in jobs:
+            if job.when != "always":  # Only then is there anything to filter out.
+                jobs = batch.jobs = [
+                    job for job in jobs if self._runs(job, complete, successful, batch)
+                ]
+                break
         if self.hooks:
             headers = () if start is None else tuple(start.get("headers", ()))
             delivery = Delivery(status, complete, headers)
@@ -229,7 +225,6 @@ class Exchange:
                 if hook.when == "always" or (hook.when == "success") is successful:
                     jobs.append(hook.job_for(delivery))
         if jobs:
-            batch.status = status
             if self.track_work:
                 batch.done = self.work_done = runner.loop.create_future()
                 batch.errors = []
@@ -248,7 +243,7 @@ class Exchange:
             name,
             describe(batch.source),
             job.when,
-            self.status,
+            batch.status,
             "complete" if complete else "incomplete",
             extra=log_fields(name, batch.source),
         )
