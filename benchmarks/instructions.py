@@ -21,7 +21,6 @@ the slope by a few thousand; at the default N=1000 it does not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 import gc
 import importlib.util
 import os
@@ -34,7 +33,7 @@ import tempfile
 
 from .asgi import drive
 from .inprocess import STARLETTE_VARIANTS, VARIANTS
-from .loadgen import load
+from .loadgen import id_paths, load
 from .report import Report
 from .served import start_server
 
@@ -87,11 +86,11 @@ async def served_per_request(app: str, requests: int) -> float:
             timeout=300,  # Start-up under valgrind takes half a minute or more.
         )
         try:
-            await load("127.0.0.1", port, connections=10, requests=200, path=_path("warm"))
+            await load("127.0.0.1", port, connections=10, requests=200, path=id_paths("warm"))
             totals = []
             for dump, count_ in enumerate((requests, 3 * requests), start=1):
                 await _control("--zero", process.pid)
-                await load("127.0.0.1", port, connections=10, requests=count_, path=_path(dump))
+                await load("127.0.0.1", port, connections=10, requests=count_, path=id_paths(dump))
                 await _control("--dump", process.pid)
                 totals.append(_summary(Path(f"{output}.{dump}")))
         finally:
@@ -117,10 +116,6 @@ def _summary(dump: Path) -> int:
     if match is None:
         raise RuntimeError(f"{dump} has no summary line")
     return int(match.group(1))
-
-
-def _path(prefix: object) -> Callable[[int], str]:
-    return lambda index: f"/?id={prefix}-{index}"
 
 
 async def run(report: Report, *, requests: int = 1000, served_requests: int = 1000) -> None:

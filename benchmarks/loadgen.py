@@ -67,3 +67,8 @@ async def load(
     for connection in opened:
         await connection.close()
     return elapsed
+
+
+def id_paths(prefix: object) -> Callable[[int], str]:
+    """Paths ``/?id=PREFIX-N``: every request of a load run carries its own id."""
+    return lambda index: f"/?id={prefix}-{index}"

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from .loadgen import Connection, load
+from .loadgen import Connection, id_paths, load
 from .report import median, Report
 
 Server = tuple[asyncio.subprocess.Process, int]
@@ -61,7 +61,7 @@ async def run(report: Report, *, rounds: int, requests: int, connections: int = 
         times: dict[str, list[float]] = {name: [] for name in servers}
         cpus: dict[str, list[float]] = {name: [] for name in servers}
         for _, port in servers.values():  # Warm up.
-            await load("127.0.0.1", port, connections=connections, requests=500, path=_path("w"))
+            await load("127.0.0.1", port, connections=connections, requests=500, path=id_paths("w"))
         ordered = list(servers.items())
         for round_ in range(rounds * 2):
             for name, (process, port) in ordered if round_ % 2 == 0 else ordered[::-1]:  # A B B A
@@ -72,7 +72,7 @@ async def run(report: Report, *, rounds: int, requests: int, connections: int = 
                         port,
                         connections=connections,
                         requests=requests,
-                        path=_path(str(round_)),
+                        path=id_paths(round_),
                     )
                 )
                 cpus[name].append((_cpu_seconds(process.pid) - cpu) / requests * 1e6)
@@ -122,7 +122,3 @@ def _cpu_seconds(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):  # Gone meanwhile, or not Linux.
             continue
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _path(prefix: str) -> Callable[[int], str]:
-    return lambda index: f"/?id={prefix}-{index}"
