@@ -79,6 +79,7 @@ def after_this_request(func: C) -> C:
         is_async = True  # An async def function, told without a call: the common case.
     else:
         is_async = _is_async(func, "after_this_request")
+    # state.exchange_of(), inlined as in _defer(): this is every registration's path.
     exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
     state: Exchange | RequestState
     if exchange is None:

@@ -457,6 +457,8 @@ def _defer(
             "to start work from elsewhere, use deferred.start_soon(func, ...)."
         )
         raise ContextError(msg)
+    # state.exchange_of() and Exchange.batch_for(), inlined: one call less each on
+    # every registration's path.
     exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
