@@ -5,22 +5,25 @@ from .exceptions import (
     ContextError,
     DeferredError,
     EnqueueError,
+    InvalidArgumentError,
     InvalidCallbackError,
     InvalidOptionError,
     NotInitialisedError,
     OverloadedError,
 )
 from .extension import QuartDeferred
-from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus
+from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
 from .post_response import after_this_response, Delivery
 from .queues import enqueue_after_response, QueueAdapter
-from .runner import Stats
+
+__version__ = "0.1.0"  # Also in pyproject.toml; a test checks that the two agree.
 
 __all__ = [
     "ContextError",
     "DeferredError",
     "Delivery",
     "EnqueueError",
+    "InvalidArgumentError",
     "InvalidCallbackError",
     "InvalidOptionError",
     "Latency",

@@ -39,9 +39,9 @@ else:
         return None if websocket_ctx is None else websocket_ctx.request_websocket
 
 
-async def handle_background_exception(app: Quart, error: Exception) -> None:
+async def handle_background_exception(app: Quart, error: BaseException) -> None:
     """Call ``app.handle_background_exception`` with the arguments this Quart takes."""
     if _REPORT_TAKES_CONTEXT:
         await app.handle_background_exception(_cv_app.get(), error)  # type: ignore[call-arg, arg-type]
     else:
-        await app.handle_background_exception(error)
+        await app.handle_background_exception(error)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ per-request list (and so the dispatcher) again.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from inspect import CO_COROUTINE
@@ -29,7 +30,7 @@ from werkzeug.sansio.response import Response as _BaseResponse
 from ._compat import current_source
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import _is_async, callable_name, describe, log_fields
-from .state import RequestState, SCOPE_KEY, state_on_g
+from .state import DISPATCHED, RequestState, SCOPE_KEY, state_on_g
 
 if TYPE_CHECKING:
     from .post_response import Exchange
@@ -65,7 +66,7 @@ def after_this_request(func: C) -> C:
         if source is None:
             msg = (
                 "after_this_request() was called outside a request. Call it from a "
-                "view, an error handler or a before_request/after_request function."
+                "view, an error handler or a before_request function."
             )
         else:
             msg = (
@@ -95,8 +96,17 @@ def after_this_request(func: C) -> C:
         state = exchange
         exchange.source = source
     callbacks = state.request_callbacks
+    if callbacks is DISPATCHED:
+        msg = (
+            f"after_this_request() was called for {describe(source)} after its deferred "
+            "callbacks had run (from an after_request function, or from a callback's own "
+            "later code), so the callback would never be called. Register it from a view, "
+            "an error handler or a before_request function, or change the response in the "
+            "after_request function itself."
+        )
+        raise ContextError(msg)
     if callbacks is None:
-        callbacks = state.request_callbacks = []
+        callbacks = state.request_callbacks = deque()
         # Bound to this request's list, so the dispatcher looks nothing up; Quart's
         # ensure_async sees through a partial to the async function.
         quart.after_this_request(partial(run_request_callbacks, state))
@@ -111,7 +121,7 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
     # Each is taken off the list before it is called, so it is never called twice.
     # `while`, not `for`: callbacks may register further callbacks.
     while callbacks:
-        func, is_async = callbacks.pop(0)
+        func, is_async = callbacks.popleft()
         if is_async:
             result = await func(response)
         else:
@@ -126,6 +136,9 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
             )
             raise InvalidCallbackError(msg)
         response = result  # type: ignore[assignment]
+    # All ran: a callback registered from now on could never run. (Not after one
+    # raised: the 500 response comes through here again, with an error handler's.)
+    state.request_callbacks = DISPATCHED
     return response
 
 

@@ -6,6 +6,7 @@
      ├── OverloadedError (RuntimeError)      too much work already waiting
      ├── EnqueueError                        a task could not be sent to its queue
      ├── InvalidCallbackError (TypeError)    not something we can call
+     ├── InvalidArgumentError (TypeError)    an argument the queue cannot encode
      └── InvalidOptionError (ValueError)     a bad ``when=`` or config value
 
 Each also subclasses the matching built-in, so ``except RuntimeError`` and
@@ -44,6 +45,10 @@ class EnqueueError(DeferredError):
 
 class InvalidCallbackError(DeferredError, TypeError):
     """Raised when a callback is not a function we can call, or returns the wrong type."""
+
+
+class InvalidArgumentError(DeferredError, TypeError):
+    """Raised when an argument cannot be sent to a task queue: its serializer refused it."""
 
 
 class InvalidOptionError(DeferredError, ValueError):

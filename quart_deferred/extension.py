@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from contextvars import copy_context
-from dataclasses import dataclass
 import inspect
 import logging
+import math
 from typing import Any, overload, ParamSpec, TypeVar
 import warnings
 import weakref
@@ -17,127 +17,28 @@ from quart import Quart
 from quart.globals import _cv_app
 
 from ._compat import current_source
+from ._config import (
+    DEFAULTS,
+    log_arguments,
+    optional_seconds,
+    optional_whole_number,
+    seconds,
+    whole_number,
+)
+from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import _is_async, Batch, callable_name, check_when, Job, log_fields, make_job, When
-from .post_response import Delivery, Exchange, PostResponseMiddleware, RESPONSE_ATTRIBUTE
+from .jobs import _is_async, Batch, callable_name, check_when, make_job, When
+from .metrics import Stats
+from .post_response import Exchange, Hook, PostResponseMiddleware, RESPONSE_ATTRIBUTE
 from .queues import QueueAdapter
-from .runner import Counters, Stats, TaskRunner
-from .state import exchange_of, on_event_loop
+from .state import on_event_loop
 
 P = ParamSpec("P")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
 
 logger = logging.getLogger("quart_deferred")
 
-DEFAULTS: dict[str, Any] = {
-    "QUART_DEFERRED_MAX_CONCURRENCY": 100,  # Jobs running at once; more wait in FIFO order.
-    "QUART_DEFERRED_TASK_TIMEOUT": None,  # Seconds per job; None for no limit.
-    "QUART_DEFERRED_SHUTDOWN_TIMEOUT": 5.0,  # Seconds to drain at shutdown.
-    "QUART_DEFERRED_MAX_PENDING": None,  # Waiting jobs before new ones are refused; None: no limit.
-    "QUART_DEFERRED_THREADS": 8,  # Threads for plain def jobs, apart from Quart's run_sync.
-    "QUART_DEFERRED_ENQUEUE_RETRIES": 3,  # Retries of a failed enqueue_after_response send.
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Hook:
-    """An app-wide post-response function registered with ``@deferred.after_response``."""
-
-    func: Callable[..., Any]
-    is_async: bool
-    takes_delivery: bool
-    when: When
-
-    def job_for(self, delivery: Delivery) -> Job:
-        args = (delivery,) if self.takes_delivery else ()
-        return Job(self.func, args, {}, self.is_async, self.when)
-
-
-class AppState:
-    """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``."""
-
-    def __init__(self, extension: QuartDeferred, app: Quart) -> None:
-        self.extension = extension
-        self.app = app
-        self.counters = Counters()
-        self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
-        self.capturing = False
-        # Whether the runner has a QUART_DEFERRED_MAX_PENDING to admit work against:
-        # checked on every registration, so admit() is called only when it matters.
-        self.admitting = False
-        self._runner: TaskRunner | None = None
-
-    def runner(self) -> TaskRunner:
-        """Return the runner of the running loop, starting one when first needed."""
-        runner = self._runner
-        if runner is None or runner.loop is not asyncio.get_running_loop():
-            runner = self.open_runner()
-        return runner
-
-    def open_runner(self) -> TaskRunner:
-        old = self._runner
-        if old is not None and not old.closed and not old.idle:
-            logger.warning(
-                "A new event loop is serving app %r while work from the previous loop "
-                "is unfinished; that work is lost with its loop.",
-                self.app.name,
-                extra=log_fields(None, None),
-            )
-        config = self.app.config
-        self._runner = TaskRunner(
-            self.app,
-            self.counters,
-            self.keys,
-            max_concurrency=_whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
-            task_timeout=_optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
-            max_pending=_optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING"),
-            threads=_whole_number(config, "QUART_DEFERRED_THREADS"),
-        )
-        self.admitting = self._runner.max_pending is not None
-        return self._runner
-
-    def admit(self, func: object, caller: str) -> None:
-        """Refuse new work past ``max_pending``; callable from a plain view's thread too."""
-        runner = self._runner  # Any loop's: the counters are the app's, not the loop's.
-        if runner is not None and runner.max_pending is not None:
-            runner.admit(func, caller)
-
-    @property
-    def current_runner(self) -> TaskRunner | None:
-        """The runner of the running loop if there is one, without starting one."""
-        runner = self._runner
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
-        return runner if runner is not None and runner.loop is loop else None
-
-    async def serve(self) -> AsyncGenerator[None, None]:
-        """Tie the runner to the app's serving lifetime (a ``while_serving`` function).
-
-        The drain normally runs earlier, as soon as the server announces its
-        shutdown (see ``PostResponseMiddleware``); this end is the fallback for
-        an app shut down without the ASGI lifespan.
-        """
-        runner = self.current_runner
-        if runner is None or runner.closed:  # Keep one a before_serving function started.
-            self.open_runner()
-        yield
-        await self.drain()
-
-    async def drain(self) -> None:
-        """Finish or cancel the work of this loop's runner, once."""
-        runner = self.current_runner
-        if runner is not None and not runner.closed:
-            await runner.shutdown(_seconds(self.app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
-
-    async def capture_context(self) -> None:
-        """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
-        source = current_source()
-        if source is not None:
-            exchange = exchange_of(source)
-            if exchange is not None and not exchange.finished:
-                exchange.batch_for(source)
+_MISSING: Any = object()  # No function given: the decorator form.
 
 
 class QuartDeferred:
@@ -163,6 +64,8 @@ class QuartDeferred:
         max_pending: Overrides ``QUART_DEFERRED_MAX_PENDING``.
         threads: Overrides ``QUART_DEFERRED_THREADS``.
         enqueue_retries: Overrides ``QUART_DEFERRED_ENQUEUE_RETRIES``.
+        enqueue_timeout: Overrides ``QUART_DEFERRED_ENQUEUE_TIMEOUT``.
+        log_arguments: Overrides ``QUART_DEFERRED_LOG_ARGUMENTS``.
         queues: Adapters for task queues besides Celery and taskiq, for
             ``enqueue_after_response``; see ``QueueAdapter``.
     """
@@ -177,6 +80,8 @@ class QuartDeferred:
         max_pending: int | None = None,
         threads: int | None = None,
         enqueue_retries: int | None = None,
+        enqueue_timeout: float | None = None,
+        log_arguments: bool | Callable[[tuple[Any, ...], dict[str, Any]], str] | None = None,
         queues: Iterable[QueueAdapter] = (),
     ) -> None:
         self.queues: tuple[QueueAdapter, ...] = ()
@@ -191,6 +96,8 @@ class QuartDeferred:
                 ("QUART_DEFERRED_MAX_PENDING", max_pending),
                 ("QUART_DEFERRED_THREADS", threads),
                 ("QUART_DEFERRED_ENQUEUE_RETRIES", enqueue_retries),
+                ("QUART_DEFERRED_ENQUEUE_TIMEOUT", enqueue_timeout),
+                ("QUART_DEFERRED_LOG_ARGUMENTS", log_arguments),
             )
             if value is not None
         }
@@ -201,6 +108,15 @@ class QuartDeferred:
 
     def init_app(self, app: Quart) -> None:
         """Bind the extension to *app*: config defaults, hooks, ASGI layer and lifespan."""
+        _check_app(app, "init_app")
+        if any(cls.__module__.startswith("quart_trio") for cls in type(app).__mro__):
+            msg = (
+                f"QuartDeferred does not support Quart-Trio apps ({type(app).__name__} "
+                f"{app.name!r}): its runner is built on asyncio's event loop, tasks and "
+                "cancellation, which a Trio app does not have. Use a plain Quart app, or "
+                "Trio's own nurseries for background work."
+            )
+            raise ContextError(msg)
         if "quart_deferred" in app.extensions:
             msg = (
                 f"QuartDeferred is already initialised on app {app.name!r}. Call "
@@ -210,17 +126,20 @@ class QuartDeferred:
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
         app.config.update(self.overrides)
-        _whole_number(app.config, "QUART_DEFERRED_MAX_CONCURRENCY")
-        _optional_whole_number(app.config, "QUART_DEFERRED_MAX_PENDING")
-        _whole_number(app.config, "QUART_DEFERRED_THREADS")
-        _whole_number(app.config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
-        if _optional_seconds(app.config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
+        config = app.config
+        whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY")
+        optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING")
+        whole_number(config, "QUART_DEFERRED_THREADS")
+        whole_number(config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
+        seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT")
+        log_arguments(config)
+        if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
                 "Use None for no limit.",
                 stacklevel=2,
             )
-        if _seconds(app.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT") == 0:
+        if seconds(config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_SHUTDOWN_TIMEOUT is 0, so deferred work still unfinished "
                 "at shutdown is cancelled at once, without time to drain.",
@@ -241,7 +160,7 @@ class QuartDeferred:
     def after_response(self, func: HookT, /) -> HookT: ...
     @overload
     def after_response(self, /, *, when: When = "always") -> Callable[[HookT], HookT]: ...
-    def after_response(self, func: Any = None, /, *, when: When = "always") -> Any:
+    def after_response(self, func: Any = _MISSING, /, *, when: When = "always") -> Any:
         """Register *func* to run after every HTTP response of every bound app.
 
         It runs after that request's own ``after_this_response`` work, in the
@@ -266,7 +185,7 @@ class QuartDeferred:
                 _install_capture(app.extensions["quart_deferred"])
             return hook
 
-        return register if func is None else register(func)
+        return register if func is _MISSING else register(func)
 
     def add_queue(self, adapter: QueueAdapter) -> None:
         """Teach ``enqueue_after_response`` another task queue (tried before the built-ins)."""
@@ -302,9 +221,9 @@ class QuartDeferred:
         state = self._state(None)
         app_ctx = _cv_app.get(None)
         fresh = app_ctx is None or app_ctx.app is not state.app
-        runner = state.runner()
-        runner.admit(func, "start_soon")
-        runner.submit(Batch([job], copy_context(), current_source(), fresh))
+        if state.admitting:
+            state.admit(func, "start_soon")
+        state.runner().submit(Batch([job], copy_context(), current_source(), fresh))
 
     # Introspection
 
@@ -317,19 +236,29 @@ class QuartDeferred:
             timeout: Seconds to wait at most; then the built-in ``TimeoutError``.
             app: Which app's work; defaults to the current app, or the only bound one.
         """
-        runner = self._state(app).current_runner
-        if runner is None:
-            return
-        if timeout is None:
-            await runner.wait_idle()
-            return
-        with anyio.move_on_after(timeout) as scope:
-            await runner.wait_idle()
+        if app is None and _cv_app.get(None) is None:
+            states = [self._state(bound) for bound in list(self._apps)]
+        else:
+            states = [self._state(app)]
+        runners = [state.current_runner for state in states]
+        for runner in runners:
+            if runner is not None and runner.owns_current_task():
+                msg = (
+                    "deferred.join() was awaited from inside deferred work, which would wait "
+                    "for itself forever. Await the other work directly, or start it with "
+                    "deferred.start_soon() and let it finish on its own."
+                )
+                raise ContextError(msg)
+        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            for runner in runners:
+                if runner is not None:
+                    await runner.wait_idle()
         if scope.cancelled_caught:
-            stats = self.stats(app=runner.app)
+            waiting = sum(state.counters.waiting for state in states)
+            running = sum(state.counters.running for state in states)
             msg = (
-                f"deferred.join() gave up after {timeout}s with {stats.waiting} jobs "
-                f"waiting and {stats.running} running."
+                f"deferred.join() gave up after {timeout}s with {waiting} jobs "
+                f"waiting and {running} running."
             )
             raise TimeoutError(msg)
 
@@ -366,7 +295,9 @@ class QuartDeferred:
         return self._state(app).counters.snapshot()
 
     def _state(self, app: Quart | None) -> AppState:
-        if app is None:
+        if app is not None:
+            _check_app(app, "app=")
+        else:
             app_ctx = _cv_app.get(None)
             if app_ctx is not None:
                 app = app_ctx.app
@@ -383,6 +314,15 @@ class QuartDeferred:
         if not isinstance(state, AppState) or state.extension is not self:
             raise NotInitialisedError.for_app(app.name)
         return state
+
+
+def _check_app(app: object, where: str) -> None:
+    if not isinstance(app, Quart):
+        msg = (
+            f"{where} got {app!r} of type {type(app).__name__}, which is not a Quart app. "
+            "Pass the Quart app itself (not a blueprint, nor app.asgi_app)."
+        )
+        raise InvalidOptionError(msg)
 
 
 def _install_capture(state: AppState) -> None:
@@ -409,39 +349,3 @@ def _takes_delivery(func: Callable[..., Any]) -> bool:
         "argument, nor with one Delivery. Give it no parameters, or one."
     )
     raise InvalidCallbackError(msg)
-
-
-def _whole_number(config: Any, key: str, minimum: int = 1) -> int:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        msg = f"{key} must be a whole number of {minimum} or more, got {value!r}."
-        raise InvalidOptionError(msg)
-    return value
-
-
-def _optional_whole_number(config: Any, key: str) -> int | None:
-    if config[key] is None:
-        return None
-    try:
-        return _whole_number(config, key)
-    except InvalidOptionError:
-        msg = f"{key} must be a whole number of 1 or more, or None, got {config[key]!r}."
-        raise InvalidOptionError(msg) from None
-
-
-def _seconds(config: Any, key: str) -> float:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        msg = f"{key} must be a number of seconds (0 or more), got {value!r}."
-        raise InvalidOptionError(msg)
-    return float(value)
-
-
-def _optional_seconds(config: Any, key: str) -> float | None:
-    if config[key] is None:
-        return None
-    try:
-        return _seconds(config, key)
-    except InvalidOptionError:
-        msg = f"{key} must be a number of seconds (0 or more) or None, got {config[key]!r}."
-        raise InvalidOptionError(msg) from None

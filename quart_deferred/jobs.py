@@ -17,6 +17,8 @@ from .exceptions import InvalidCallbackError, InvalidOptionError
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
+    from ._stepping import Watch
+
 _GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 
 # The keyword arguments of every job that has none: one dict, never changed, rather
@@ -63,7 +65,9 @@ class Batch:
         "jobs",
         "next",
         "source",
+        "started",
         "status",
+        "watch",
     )
 
     def __init__(
@@ -78,8 +82,10 @@ class Batch:
         self.source = source
         self.fresh_app_context = fresh_app_context
         self.next = 0  # The index of the next job to run.
+        self.started = False  # Whether its task has begun to run it.
         self.handed_at = 0.0  # time.perf_counter() when the runner took it.
         self.status: int | None = None  # The response's status (tracing, logs); None if none.
+        self.watch: Watch | None = None  # The running job's, while one runs.
         # Only while the pytest plugin tracks work (see testing.py): settled with
         # the batch's failures once every job has ended.
         self.done: asyncio.Future[list[BaseException]] | None = None
@@ -100,23 +106,44 @@ def log_fields(name: str | None, source: BaseRequestWebsocket | None) -> dict[st
     Lines about the runner itself, not about one callback, carry them too,
     set to ``None``, so a format string naming them never fails.
     """
+    if source is None:
+        return {
+            "deferred_callback": name,
+            "deferred_request": None,
+            "deferred_method": None,
+            "deferred_path": None,
+        }
+    method = method_of(source)
+    path = printable(source.path)
     return {
         "deferred_callback": name,
-        "deferred_request": None if source is None else describe(source),
-        "deferred_method": None if source is None else method_of(source),
-        "deferred_path": None if source is None else source.path,
+        "deferred_request": f"{method} {path}",
+        "deferred_method": method,
+        "deferred_path": path,
     }
 
 
 def method_of(source: BaseRequestWebsocket) -> str:
     """The request's HTTP method, or ``WEBSOCKET`` for a websocket."""
-    return getattr(source, "method", "WEBSOCKET")
+    return printable(getattr(source, "method", "WEBSOCKET"))
 
 
 def describe(source: BaseRequestWebsocket | None) -> str:
+    """Describe a request for log lines and messages: ``GET /signup``."""
     if source is None:
         return "no request"
-    return f"{method_of(source)} {source.path}"
+    return f"{method_of(source)} {printable(source.path)}"
+
+
+def printable(text: str) -> str:
+    """*text* with control characters escaped, so a request cannot forge or colour log lines.
+
+    A path may hold anything a client percent-encoded: ``%0D%0A`` would start
+    a new, forged log line and ``%1B[`` a terminal escape.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def check_when(when: object, caller: str) -> When:
@@ -169,8 +196,10 @@ def _is_async(func: object, caller: str) -> bool:
             )
         else:
             msg = (
-                f"{caller}() expected a function to call later, got {func!r} of type "
-                f"{type(func).__name__}. Pass a function, e.g. {caller}(send_mail, address)."
+                f"{caller}() expected a function to call later, got {_short(func)} of type "
+                f"{type(func).__name__}. If you wrote {caller}(send_mail(address)), the "
+                "function was called now, in the view, and this is what it returned: pass "
+                f"the function and its arguments instead, {caller}(send_mail, address)."
             )
         raise InvalidCallbackError(msg)
     target: Any = func
@@ -190,10 +219,24 @@ def _is_async(func: object, caller: str) -> bool:
     return False
 
 
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return "an object with a failing repr"
+    return text if len(text) <= 80 else f"{text[:80]}..."
+
+
 def callable_name(func: object) -> str:
-    """Return ``module.qualname`` of *func*, looking through partials and callable objects."""
-    if isinstance(func, functools.partial):
-        return f"partial({callable_name(func.func)})"
-    owner: Any = func if hasattr(func, "__qualname__") else type(func)
-    module = getattr(owner, "__module__", None)
-    return f"{module}.{owner.__qualname__}" if module else str(owner.__qualname__)
+    """Return ``module.qualname`` of *func*, looking through partials and callable objects.
+
+    Never raises: a name is needed to report the job, whatever the job is.
+    """
+    try:
+        if isinstance(func, functools.partial):
+            return f"partial({callable_name(func.func)})"
+        owner: Any = func if hasattr(func, "__qualname__") else type(func)
+        module = getattr(owner, "__module__", None)
+        return f"{module}.{owner.__qualname__}" if module else str(owner.__qualname__)
+    except Exception:  # A __qualname__ or __module__ property that raises.
+        return f"<a {type(func).__name__} object>"

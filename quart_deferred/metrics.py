@@ -1,4 +1,4 @@
-"""Latency figures for ``stats()``, and ``stats()`` in the Prometheus text format.
+"""The figures: ``Stats`` and its live ``Counters``, latencies, and the Prometheus page.
 
 Two latencies are recorded per job: its wait, from the final send of its
 response (or the ``start_soon`` call) to its first line, and its duration.
@@ -13,12 +13,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 import math
 import re
-from typing import TYPE_CHECKING
 
 from .exceptions import InvalidOptionError
-
-if TYPE_CHECKING:
-    from .runner import Stats
 
 WINDOW = 1024  # Samples behind the p50 and p99 figures.
 
@@ -79,12 +75,72 @@ class LatencyRecorder:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of what one app's runner has done; see ``QuartDeferred.stats()``."""
+
+    scheduled: int = 0
+    waiting: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    cancelled: int = 0
+    skipped: int = 0
+    wait: Latency = Latency()  # From the final send (or start_soon) to the job's start.
+    duration: Latency = Latency()  # From the job's start to its end, whichever way.
+
+
+class Counters:
+    """The live counters behind :class:`Stats`; they outlive any one runner.
+
+    ``held`` is not in :class:`Stats`: it counts jobs registered by requests
+    whose response has not ended yet, which ``QUART_DEFERRED_MAX_PENDING``
+    counts with the waiting ones.
+    """
+
+    __slots__ = (
+        "cancelled",
+        "duration",
+        "failed",
+        "held",
+        "running",
+        "scheduled",
+        "skipped",
+        "succeeded",
+        "timed_out",
+        "wait",
+        "waiting",
+    )
+
+    def __init__(self) -> None:
+        self.scheduled = self.waiting = self.running = self.succeeded = 0
+        self.failed = self.timed_out = self.cancelled = self.skipped = 0
+        self.held = 0
+        self.wait = LatencyRecorder()
+        self.duration = LatencyRecorder()
+
+    def snapshot(self) -> Stats:
+        return Stats(
+            self.scheduled,
+            self.waiting,
+            self.running,
+            self.succeeded,
+            self.failed,
+            self.timed_out,
+            self.cancelled,
+            self.skipped,
+            self.wait.snapshot(),
+            self.duration.snapshot(),
+        )
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     """The nearest-rank quantile of a sorted, non-empty list."""
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def render_prometheus(stats: Stats, labels: Mapping[str, str] | None = None) -> str:
+def render_prometheus(stats: Stats, labels: Mapping[str, object] | None = None) -> str:
     """Render *stats* in the Prometheus text exposition format (version 0.0.4).
 
     Serve it from a route of your own::
@@ -96,7 +152,7 @@ def render_prometheus(stats: Stats, labels: Mapping[str, str] | None = None) -> 
     Arguments:
         stats: A snapshot from ``deferred.stats()``.
         labels: Labels for every sample, e.g. ``{"app": app.name}`` when
-            several apps are rendered into one page.
+            several apps are rendered into one page; values go through ``str()``.
     """
     return "".join(_lines(stats, _label_text(labels or {})))
 
@@ -136,15 +192,21 @@ def _lines(stats: Stats, labels: str) -> Iterator[str]:
         yield sample(f"{name}_max", latency.max)
 
 
-def _label_text(labels: Mapping[str, str]) -> str:
+def _label_text(labels: Mapping[str, object]) -> str:
     for name in labels:
-        if not _LABEL_NAME.fullmatch(name) or name in ("quantile", "outcome"):
+        if (
+            not isinstance(name, str)
+            or not _LABEL_NAME.fullmatch(name)
+            or name.startswith("__")
+            or name in ("quantile", "outcome")
+        ):
             msg = (
                 f"render_prometheus() got the label name {name!r}. Use letters, digits and "
-                "underscores, not starting with a digit, and not 'quantile' or 'outcome'."
+                "underscores, not starting with a digit; names starting with '__' are "
+                "reserved by Prometheus, and 'quantile' and 'outcome' by this page."
             )
             raise InvalidOptionError(msg)
-    return ",".join(f'{name}="{_escape(value)}"' for name, value in labels.items())
+    return ",".join(f'{name}="{_escape(str(value))}"' for name, value in labels.items())
 
 
 def _escape(value: str) -> str:

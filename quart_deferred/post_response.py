@@ -33,7 +33,7 @@ from werkzeug.datastructures import Headers
 
 from ._compat import current_source
 from .callbacks import log_callbacks_not_run
-from .exceptions import ContextError, InvalidCallbackError
+from .exceptions import ContextError
 from .jobs import (
     _is_async,
     Batch,
@@ -50,13 +50,14 @@ from .state import cannot_add_work, SCOPE_KEY
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-    from .extension import AppState, Hook
+    from .app_state import AppState
     from .runner import TaskRunner
     from .state import RequestCallbacks
 
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[[], Any])
+_MISSING: Any = object()  # No function given: the decorator form.
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
 logger = logging.getLogger("quart_deferred")
@@ -96,6 +97,20 @@ def _successful(complete: bool, status: int | None) -> bool:
     return complete and status is not None and status < 400
 
 
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """An app-wide post-response function registered with ``@deferred.after_response``."""
+
+    func: Callable[..., Any]
+    is_async: bool
+    takes_delivery: bool
+    when: When
+
+    def job_for(self, delivery: Delivery) -> Job:
+        args = (delivery,) if self.takes_delivery else ()
+        return Job(self.func, args, {}, self.is_async, self.when)
+
+
 # The attribute the pytest plugin sets on test client responses (see testing.py).
 RESPONSE_ATTRIBUTE = "quart_deferred_exchange"
 
@@ -115,6 +130,7 @@ class Exchange:
         "batch",
         "finished",
         "hooks",
+        "remaining",
         "request_callbacks",
         "source",
         "start",
@@ -138,6 +154,9 @@ class Exchange:
         self.finished = False
         # The response's start message (status and headers) once it has been sent.
         self.start: dict[str, Any] | None = None
+        # Body bytes the client was promised (its content-length) and has not been
+        # sent yet; None without a content-length, or when no work watched the start.
+        self.remaining: int | None = None
 
     def batch_for(self, source: BaseRequestWebsocket) -> Batch:
         """Return the batch of this request's work, capturing its context on first use."""
@@ -156,15 +175,27 @@ class Exchange:
             return self._send(message)
         kind = event["type"]
         if kind == "http.response.body":
+            if self.finished:  # Complete already: the empty message after the last bytes.
+                return self._send(message)
             if not event.get("more_body", False):
                 start = self.start
                 if start is None or not start.get("trailers", False):  # Else trailers end it.
                     return self._send_final(message)
+            elif self.remaining is not None:
+                # The client has every byte it was promised once the server has these:
+                # the empty final message after them may never go out (the client may
+                # close at once, and the server then cancels Quart's handler).
+                self.remaining -= len(event.get("body", b""))
+                if self.remaining <= 0 and not self.start.get("trailers", False):  # type: ignore[union-attr]
+                    return self._send_final(message)
         elif kind == "http.response.start":
             self.start = event
+            self.remaining = _content_length(event)
         elif (
-            kind == "http.response.trailers" and not event.get("more_trailers", False)
-        ) or kind == "http.response.pathsend":
+            (kind == "http.response.trailers" and not event.get("more_trailers", False))
+            or kind == "http.response.pathsend"
+            or (kind == "http.response.zerocopysend" and not event.get("more_body", False))
+        ):
             return self._send_final(message)
         return self._send(message)
 
@@ -211,6 +242,7 @@ class Exchange:
             batch = Batch(jobs, Context(), self.source, fresh_app_context=True)
         else:
             jobs = batch.jobs
+            self.app_state.counters.held -= len(jobs)  # Registered: now waiting, or skipped below.
         batch.status = status  # For tracing, and for the line that logs a skipped job.
         for job in jobs:
             if job.when != "always":  # Only then is there anything to filter out.
@@ -248,6 +280,18 @@ class Exchange:
             extra=log_fields(name, batch.source),
         )
         return False
+
+
+def _content_length(start: dict[str, Any]) -> int | None:
+    """The content-length of a response's start message, or ``None`` without a valid one."""
+    for name, value in start.get("headers", ()):
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                return None
+            return length if length >= 0 else None
+    return None
 
 
 class WebsocketExchange(Exchange):
@@ -300,6 +344,15 @@ class WebsocketExchange(Exchange):
                 self._held = None
 
 
+async def _gone(message: ASGISendEvent) -> None:
+    """The send of an exchange whose ASGI call has ended: nothing reaches the server now."""
+
+
+async def _nothing_more() -> ASGIReceiveEvent:
+    """The receive of a connection whose ASGI call has ended."""
+    return {"type": "websocket.disconnect", "code": 1006}
+
+
 class PostResponseMiddleware:
     """Wrap ``app.asgi_app`` so post-response jobs start once the response is out."""
 
@@ -339,8 +392,10 @@ class PostResponseMiddleware:
                 exchange.source = None  # See finish().
                 # The server's send is a method of its stream, which holds the scope,
                 # which holds the exchange: let go of it, or that cycle keeps every
-                # request's stream alive until the garbage collector finds it.
-                del exchange._send
+                # request's stream alive until the garbage collector finds it. Quart's
+                # handler task may still be sending (the server cancelled the call):
+                # those sends go nowhere, as the server would have ignored them.
+                exchange._send = _gone
         elif kind == "websocket":
             connection = WebsocketExchange(self.state, send, receive)
             writable[SCOPE_KEY] = connection
@@ -350,7 +405,8 @@ class PostResponseMiddleware:
                 complete = True
             finally:
                 connection.finish(complete=complete)
-                del connection._send, connection._receive  # As for HTTP, above.
+                connection._send = _gone  # As for HTTP, above.
+                connection._receive = _nothing_more
         elif kind == "lifespan":
             await self.app(scope, self._draining_first(receive), send)
         else:
@@ -387,7 +443,7 @@ def after_this_response(
 def after_this_response(
     func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
 ) -> Callable[P, R]: ...
-def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
+def after_this_response(func: Any = _MISSING, /, *args: Any, **kwargs: Any) -> Any:
     """Run ``func(*args, **kwargs)`` after the response has been sent to the client.
 
     Use it for slow work the client should not wait for: the welcome e-mail,
@@ -419,13 +475,7 @@ def after_this_response(func: Any = None, /, *args: Any, **kwargs: Any) -> Any:
     if kwargs:  # Checked only when given: this is on every registration's path.
         when = check_when(kwargs.pop("when", "always"), "after_this_response")
         key = check_key(kwargs.pop("key", None), "after_this_response")
-    if func is None:
-        if args or kwargs:
-            msg = (
-                "after_this_response() got arguments but no function. Pass the function "
-                "first: after_this_response(send_mail, address)."
-            )
-            raise InvalidCallbackError(msg)
+    if func is _MISSING:
 
         def decorator(decorated: F) -> F:
             _defer(decorated, (), {}, when, key)
@@ -468,8 +518,11 @@ def _defer(
         app_state.admit(func, caller)
     if key is not None:
         if key in app_state.keys:
-            return False
+            app_state.reap()  # A loop that ended may have left the key behind.
+            if key in app_state.keys:
+                return False
         app_state.keys.add(key)
+    app_state.counters.held += 1  # Counted against MAX_PENDING until the exchange ends.
     batch = exchange.batch
     if batch is None:  # The request's first job: capture its context now.
         exchange.batch = Batch([job], copy_context(), source)

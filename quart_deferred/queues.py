@@ -17,13 +17,27 @@ import asyncio
 from collections.abc import Iterable
 import inspect
 import sys
-import time
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
+import anyio
 from quart.globals import _cv_app
 
 from ._compat import current_source
-from .exceptions import ContextError, EnqueueError, InvalidCallbackError, NotInitialisedError
+from ._config import (
+    ArgumentRedactor,
+    bounded_repr,
+    log_arguments,
+    seconds,
+    show_arguments,
+    whole_number,
+)
+from .exceptions import (
+    ContextError,
+    EnqueueError,
+    InvalidArgumentError,
+    InvalidCallbackError,
+    NotInitialisedError,
+)
 from .jobs import check_key, check_when, When
 from .post_response import _defer
 
@@ -53,6 +67,11 @@ class QueueAdapter(Protocol):
         ...
 
 
+# An adapter may also have prepare(task, args, kwargs) -> (args, kwargs): called at the
+# enqueue_after_response() call, it encodes the arguments as the queue will, raises if
+# they cannot be, and returns what the send should pass (see CeleryAdapter).
+
+
 class CeleryAdapter:
     """Celery tasks, sent with ``apply_async``, which blocks on broker I/O: run on a thread."""
 
@@ -62,6 +81,18 @@ class CeleryAdapter:
 
     def task_name(self, task: Any) -> str:
         return str(task.name)
+
+    def prepare(
+        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Encode the arguments with the task's serializer now, and send what decodes."""
+        from kombu import serialization
+
+        codec: Any = serialization  # kombu is untyped.
+        serializer = task.serializer or task.app.conf.task_serializer
+        content_type, encoding, data = codec.dumps([list(args), kwargs], serializer=serializer)
+        decoded_args, decoded_kwargs = codec.loads(data, content_type, encoding)
+        return tuple(decoded_args), decoded_kwargs
 
     def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         task.apply_async(args=args, kwargs=kwargs)
@@ -76,6 +107,15 @@ class TaskiqAdapter:
 
     def task_name(self, task: Any) -> str:
         return str(task.task_name)
+
+    def prepare(
+        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Build and format the message as ``kiq`` would, and send what it decodes to."""
+        formatter = task.broker.formatter
+        message = task.kicker()._prepare_message(*args, **kwargs)
+        decoded = formatter.loads(formatter.dumps(message).message)
+        return tuple(decoded.args), dict(decoded.kwargs)
 
     async def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         await task.kiq(*args, **kwargs)
@@ -127,9 +167,42 @@ def enqueue_after_response(
     if state is None:
         raise NotInitialisedError.for_app(app_ctx.app.name)
     adapter = _adapter_for(task, state.extension.queues)
-    retries = state.app.config["QUART_DEFERRED_ENQUEUE_RETRIES"]
-    kind = _AsyncSend if inspect.iscoroutinefunction(adapter.send) else _Send
-    return _defer(kind(adapter, task, args, kwargs, retries), (), {}, when, key, caller)
+    config = state.config
+    args, kwargs = _prepared(adapter, task, args, kwargs)
+    send = _Send(
+        adapter,
+        task,
+        args,
+        kwargs,
+        retries=whole_number(config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0),
+        timeout=seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT"),
+        show=log_arguments(config),
+    )
+    return _defer(send, (), {}, when, key, caller)
+
+
+def _prepared(
+    adapter: QueueAdapter, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Encode the arguments at the call, where a mistake can still be fixed, not after the 201.
+
+    What is sent is what decoded, so a view that changes an argument after
+    the call does not change what the worker gets.
+    """
+    prepare = getattr(adapter, "prepare", None)
+    if prepare is None:
+        return args, kwargs
+    try:
+        prepared: tuple[tuple[Any, ...], dict[str, Any]] = prepare(task, args, kwargs)
+    except Exception as error:
+        msg = (
+            f"enqueue_after_response() cannot send {adapter.task_name(task)}: its arguments "
+            f"do not encode for the queue ({bounded_repr(error)}). Pass plain values (str, "
+            "int, float, bool, None, and lists and dicts of them), such as the user's id "
+            "rather than the user object."
+        )
+        raise InvalidArgumentError(msg) from error
+    return prepared
 
 
 def _adapter_for(task: object, extra: Iterable[QueueAdapter]) -> QueueAdapter:
@@ -149,9 +222,15 @@ def _adapter_for(task: object, extra: Iterable[QueueAdapter]) -> QueueAdapter:
     raise InvalidCallbackError(msg)
 
 
-class _Sending:
-    """One send of one task, with its retries. The runner calls it as a job, and
-    logs and traces it as ``enqueue(<task name>)``."""
+class _Send:
+    """One send of one task, with its retries, as one async job of the runner.
+
+    Each attempt has a deadline (``QUART_DEFERRED_ENQUEUE_TIMEOUT``): a broker
+    that accepts the connection and never answers must not hold a thread
+    and the drain forever. An error that retrying cannot fix (the task
+    refused its arguments) is not retried. The runner logs and traces it as
+    ``enqueue(<task name>)``.
+    """
 
     def __init__(
         self,
@@ -159,44 +238,63 @@ class _Sending:
         task: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
         retries: int,
+        timeout: float,
+        show: bool | ArgumentRedactor,
     ) -> None:
         self.adapter = adapter
         self.task = task
         self.args = args
         self.kwargs = kwargs
         self.retries = retries
+        self.timeout = timeout
+        self.show = show
+        self.on_thread = not inspect.iscoroutinefunction(adapter.send)
         self.__qualname__ = f"enqueue({adapter.task_name(task)})"
         self.__module__ = "quart_deferred"
 
-    def _give_up_after(self, attempt: int, error: Exception) -> None:
-        if attempt < self.retries:
+    async def __call__(self) -> None:
+        for attempt in range(self.retries + 1):
+            try:
+                with anyio.fail_after(self.timeout):
+                    await self._attempt()
+                return
+            except Exception as error:
+                if attempt == self.retries or _permanent(error):
+                    self._give_up(attempt + 1, error)
+                await asyncio.sleep(BACKOFF * 2**attempt)
+
+    async def _attempt(self) -> None:
+        if not self.on_thread:
+            await self.adapter.send(self.task, self.args, self.kwargs)
             return
+        runner = _cv_app.get().app.extensions["quart_deferred"].runner()
+        await runner.call_on_thread(self.adapter.send, self.task, self.args, self.kwargs)
+
+    def _give_up(self, attempts: int, error: Exception) -> NoReturn:
+        if isinstance(error, TimeoutError) and not str(error):
+            error = TimeoutError(f"no answer within {self.timeout}s")
         msg = (
             f"Could not send task {self.adapter.task_name(self.task)} with "
-            f"args={self.args!r} kwargs={self.kwargs!r} after {attempt + 1} attempts: "
-            f"{error!r}. Check the broker; to replay the job, send it again by hand."
+            f"{show_arguments(self.args, self.kwargs, self.show)} after {attempts} "
+            f"attempt{'s' if attempts > 1 else ''}: {bounded_repr(error)}. "
+            + (
+                "The error will not go away by retrying."
+                if _permanent(error)
+                else "Check the broker; to replay the job, send it again by hand."
+            )
         )
         raise EnqueueError(msg) from error
 
 
-class _Send(_Sending):
-    def __call__(self) -> None:
-        for attempt in range(self.retries + 1):
-            try:
-                self.adapter.send(self.task, self.args, self.kwargs)
-                return
-            except Exception as error:
-                self._give_up_after(attempt, error)
-                time.sleep(BACKOFF * 2**attempt)
-
-
-class _AsyncSend(_Sending):
-    async def __call__(self) -> None:
-        for attempt in range(self.retries + 1):
-            try:
-                await self.adapter.send(self.task, self.args, self.kwargs)
-                return
-            except Exception as error:
-                self._give_up_after(attempt, error)
-                await asyncio.sleep(BACKOFF * 2**attempt)
+def _permanent(error: BaseException) -> bool:
+    """Whether retrying cannot help: the task or its serializer refused what it was given."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, TypeError | ValueError | AttributeError | LookupError) or type(
+            seen
+        ).__name__ in ("EncodeError", "SerializationError"):
+            return True
+        seen = seen.__cause__
+    return False

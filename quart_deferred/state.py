@@ -16,6 +16,7 @@ for, so it takes no post-response work.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any, TYPE_CHECKING
 
 from quart.globals import _cv_app
@@ -31,8 +32,10 @@ if TYPE_CHECKING:
 G_KEY = "_quart_deferred"
 SCOPE_KEY = "quart_deferred.exchange"
 
-# (callback, is_async) in registration order; each is taken off as it is called.
-RequestCallbacks = list[tuple[Any, bool]]
+# (callback, is_async) in registration order; each is taken off the front as it is called.
+RequestCallbacks = deque[tuple[Any, bool]]
+# A request's callbacks once the dispatcher has called them all: empty, and closed.
+DISPATCHED: RequestCallbacks = deque(maxlen=0)
 
 
 class RequestState:

@@ -310,3 +310,34 @@ async def _process_response(app: Quart, ctx: Any, response: Response) -> Any:
     if "ctx" in inspect.signature(process).parameters:
         return await process(ctx, response)
     return await process(response)
+
+
+async def test_after_this_request_once_the_callbacks_have_run_is_refused(app: Quart) -> None:
+    """From an after_request function, after the request's callbacks ran, the callback could
+    never be called: the call raises instead of accepting it and dropping it later."""
+    errors: list[str] = []
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_request(lambda response: None)
+        return "ok"
+
+    @app.after_request
+    async def late(response: Response) -> Response:
+        try:
+            after_this_request(lambda response: None)
+        except ContextError as error:
+            errors.append(str(error))
+        return response
+
+    response = await app.test_client().get("/")
+    assert response.status_code == 200
+    [message] = errors
+    assert "after its deferred callbacks had run" in message
+    assert "from an after_request function" in message
+
+
+def test_the_outside_a_request_message_names_only_places_where_it_works() -> None:
+    with pytest.raises(ContextError) as raised:
+        after_this_request(lambda response: None)
+    assert "after_request" not in str(raised.value)

@@ -25,7 +25,7 @@ async def test_each_outcome_is_logged_with_callback_method_and_path(
         QUART_DEFERRED_TASK_TIMEOUT=0.05,
         QUART_DEFERRED_SHUTDOWN_TIMEOUT=0,
         QUART_DEFERRED_MAX_CONCURRENCY=1,
-        QUART_DEFERRED_MAX_PENDING=2,
+        QUART_DEFERRED_MAX_PENDING=3,
     )
     blocked = asyncio.Event()
 
@@ -56,7 +56,9 @@ async def test_each_outcome_is_logged_with_callback_method_and_path(
         await client.post("/orders/blocks")
         await wait(blocked.wait())
         await client.post("/orders/never")
-        await client.post("/orders/never")  # Two wait behind the blocked job: 80% of 2.
+        # One waits behind the blocked job; the second request's two registrations
+        # then make three jobs not yet started: past 80% of 3.
+        await client.post("/orders/never")
     # Leaving test_app shuts down: "blocks" and "never" are cancelled.
 
     records = [r for r in caplog.records if r.name == "quart_deferred"]

@@ -24,18 +24,30 @@ class Registration:
     kind: str  # "async" or "sync"
     behaviour: str  # "return", "raise" or "hang"
     when: str
+    error: type[BaseException] = RuntimeError  # What "raise" raises.
 
 
 WHEN = st.sampled_from(["always", "success", "failure"])
+# A job may raise anything, the BaseExceptions that end tasks and servers included: each
+# must end that job alone, as failed.
+ERRORS = st.sampled_from(
+    [RuntimeError, SystemExit, KeyboardInterrupt, GeneratorExit, asyncio.CancelledError]
+)
 # Hangs are async only: a plain function that blocks keeps its pool thread past its
 # timeout (reported, never called cancelled: see test_runner.py), which would make
 # the later jobs of an example depend on thread timing rather than on the runner.
 registrations = st.lists(
     st.one_of(
         st.builds(
-            Registration, st.just("async"), st.sampled_from(["return", "raise", "hang"]), WHEN
+            Registration,
+            st.just("async"),
+            st.sampled_from(["return", "raise", "hang"]),
+            WHEN,
+            ERRORS,
         ),
-        st.builds(Registration, st.just("sync"), st.sampled_from(["return", "raise"]), WHEN),
+        st.builds(
+            Registration, st.just("sync"), st.sampled_from(["return", "raise"]), WHEN, ERRORS
+        ),
     ),
     max_size=5,
 )
@@ -62,7 +74,7 @@ async def _scenario(exchanges: list[tuple[list[Registration], str]]) -> None:
             async def job() -> None:
                 started[key] += 1
                 if registration.behaviour == "raise":
-                    raise RuntimeError(key)
+                    raise registration.error(key)
                 if registration.behaviour == "hang":
                     await never.wait()
 
@@ -71,7 +83,7 @@ async def _scenario(exchanges: list[tuple[list[Registration], str]]) -> None:
         def sync_job() -> None:
             started[key] += 1
             if registration.behaviour == "raise":
-                raise RuntimeError(key)
+                raise registration.error(key)
 
         return sync_job
 

@@ -30,7 +30,9 @@ from quart_deferred import (
     after_this_response,
     ContextError,
     enqueue_after_response,
+    InvalidArgumentError,
     InvalidCallbackError,
+    InvalidOptionError,
     QuartDeferred,
     Stats,
 )
@@ -267,6 +269,7 @@ async def test_with_the_broker_stopped_the_app_answers_and_the_failure_is_logged
         await broker.startup()
     server.stop()  # The broker goes away after the app connected to it.
     app.config["QUART_DEFERRED_ENQUEUE_RETRIES"] = 1
+    app.config["QUART_DEFERRED_LOG_ARGUMENTS"] = True  # Enough to replay the job by hand.
 
     @app.post("/signup")
     async def signup() -> tuple[str, int]:
@@ -450,3 +453,182 @@ async def test_a_registered_adapter_is_used_and_retried(
     assert counts(deferred.stats()) == Stats(scheduled=1, succeeded=1)
     with pytest.raises(InvalidCallbackError, match=r"lacks the QueueAdapter methods"):
         deferred.add_queue(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_an_argument_the_queue_cannot_encode_is_refused_at_the_call(
+    app: Quart, deferred: QuartDeferred, adapter: str
+) -> None:
+    """Found in the view, where the 500 says so, not after the 201 in a log line."""
+    task, _ = _task_on(adapter, "redis://127.0.0.1:1/0")  # Never reached.
+    errors: list[str] = []
+
+    @app.post("/signup")
+    async def signup() -> tuple[str, int]:
+        try:
+            enqueue_after_response(task, object())
+        except InvalidArgumentError as error:
+            errors.append(str(error))
+            return "refused", 400
+        return "created", 201
+
+    assert (await app.test_client().post("/signup")).status_code == 400
+    [message] = errors
+    assert f"cannot send tests.{adapter}.lost: its arguments do not encode" in message
+    assert "such as the user's id rather than the user object" in message
+    assert counts(deferred.stats()) == Stats()
+
+
+async def test_what_is_sent_is_what_the_view_passed_at_the_call(
+    app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
+) -> None:
+    """The arguments are encoded at the call: a list the view changes afterwards is sent
+    as it was."""
+
+    @app.post("/signup")
+    async def signup() -> str:
+        addresses = ["ada@example.com"]
+        enqueue_after_response(queue.tasks.held, addresses)
+        addresses.append("mallory@example.com")
+        return "created"
+
+    async with broker_lifespan(app, queue.tasks):
+        await app.test_client().post("/signup")
+        await deferred.join(timeout=10)
+    [raw] = clean_redis.client.lrange(queue.held_list, 0, -1)
+    assert b"ada@example.com" in raw
+    assert b"mallory" not in raw
+
+
+class RefusingAdapter(ListAdapter):
+    """Its send always raises the same TypeError, as a task with a wrong signature would."""
+
+    attempts = 0
+
+    async def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.attempts += 1
+        raise TypeError("welcome() got an unexpected keyword argument 'subjet'")
+
+
+async def test_an_error_retrying_cannot_fix_is_not_retried(
+    app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
+) -> None:
+    adapter = RefusingAdapter()
+    deferred.add_queue(adapter)
+
+    @app.post("/signup")
+    async def signup() -> str:
+        enqueue_after_response("list:welcome", "ada@example.com", subjet="Hi")
+        return "created"
+
+    await app.test_client().post("/signup")
+    await deferred.join(timeout=10)
+    assert adapter.attempts == 1
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    message = str(record.exc_info[1]) if record.exc_info else ""
+    assert "after 1 attempt: TypeError(" in message
+    assert "will not go away by retrying" in message
+
+
+async def test_arguments_are_not_logged_unless_asked_for_and_then_bounded(
+    app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed send's log line names the task, not the e-mail address, password or token it
+    was given; with QUART_DEFERRED_LOG_ARGUMENTS each repr is cut, or a function decides."""
+    adapter = ListAdapter()
+    adapter.failures = 100
+    deferred.add_queue(adapter)
+    app.config["QUART_DEFERRED_ENQUEUE_RETRIES"] = 0
+
+    @app.post("/signup")
+    async def signup() -> str:
+        enqueue_after_response(
+            "list:welcome", "ada@example.com", password="hunter2", blob=b"x" * 5_000_000
+        )
+        return "created"
+
+    def messages() -> list[str]:
+        return [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+
+    client = app.test_client()
+    await client.post("/signup")
+    await deferred.join(timeout=10)
+    [hidden] = messages()
+    assert "ada@example.com" not in hidden and "hunter2" not in hidden
+    assert "args=<1 positional and 2 keyword, not logged" in hidden
+
+    caplog.clear()
+    app.config["QUART_DEFERRED_LOG_ARGUMENTS"] = True
+    await client.post("/signup")
+    await deferred.join(timeout=10)
+    [shown] = messages()
+    assert "'ada@example.com'" in shown
+    assert len(shown) < 2_000
+    assert "more characters>" in shown
+
+    caplog.clear()
+    app.config["QUART_DEFERRED_LOG_ARGUMENTS"] = lambda args, kwargs: f"user {args[0][:3]}..."
+    await client.post("/signup")
+    await deferred.join(timeout=10)
+    [redacted] = messages()
+    assert "with user ada... after 1 attempt" in redacted
+
+
+async def test_a_broker_that_never_answers_times_out_each_send(
+    app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that accepts the connection and never answers: every send gives up after its
+    attempts' deadlines and is logged; no thread or drain is held by it forever."""
+    silent_clients: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent_clients.append(writer)  # Read nothing, answer nothing.
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    task, _ = _task_on("celery", f"redis://127.0.0.1:{port}/0")
+    app.config.update(
+        QUART_DEFERRED_ENQUEUE_TIMEOUT=0.2,
+        QUART_DEFERRED_ENQUEUE_RETRIES=1,
+        QUART_DEFERRED_THREADS=8,
+    )
+
+    @app.post("/signup")
+    async def signup() -> str:
+        enqueue_after_response(task, "ada@example.com")
+        return "created"
+
+    client = app.test_client()
+    replies = await asyncio.gather(*(client.post("/signup") for _ in range(20)))
+    try:
+        await deferred.join(timeout=20)
+    finally:
+        server.close()
+        for writer in silent_clients:
+            writer.close()
+    assert [reply.status_code for reply in replies] == [200] * 20
+    assert counts(deferred.stats()) == Stats(scheduled=20, failed=20)
+    failures = [str(r.exc_info[1]) for r in caplog.records if r.exc_info]
+    assert len(failures) == 20
+    assert all("after 2 attempts" in message for message in failures)
+
+
+async def test_enqueue_config_set_after_init_app_is_checked_at_the_call(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    """QUART_DEFERRED_ENQUEUE_RETRIES=-1 set later used to mean no send at all, counted as a
+    success; now the call says what is wrong."""
+    deferred.add_queue(ListAdapter())
+    app.config["QUART_DEFERRED_ENQUEUE_RETRIES"] = -1
+    errors: list[str] = []
+
+    @app.post("/signup")
+    async def signup() -> str:
+        try:
+            enqueue_after_response("list:welcome", "ada@example.com")
+        except InvalidOptionError as error:
+            errors.append(str(error))
+        return "created"
+
+    await app.test_client().post("/signup")
+    assert errors == ["QUART_DEFERRED_ENQUEUE_RETRIES must be a whole number of 0 or more, got -1."]

@@ -1,0 +1,123 @@
+"""Drive one async job's coroutine step by step: time each step, and never be held by it.
+
+The runner awaits every ``async def`` job through :func:`drive`, a generator
+that stands between the job and the task running it. Whatever the job
+yields (a future it waits on) goes to the task unchanged, and whatever the
+task sends or throws back goes on into the job, as a plain ``await`` would.
+Standing in between lets the runner do three things a plain ``await``
+cannot:
+
+- Time each step, garbage collections left out. The runner reports a job
+  whose longest step kept the event loop ``SLOW_STEP`` or longer (blocking
+  work without an await) once per job name, as asyncio's debug mode would,
+  but always on.
+- Tell the job's own ``CancelledError`` (raised, or from awaiting a
+  cancelled future) from a real cancellation of the task (the runner's
+  timeout, shutdown, the loop ending): only a cancellation thrown in from
+  outside is one. A job's own, like a ``GeneratorExit`` it raises, is a
+  failure of that job, carried to the runner in a :class:`Carried`.
+- Let go of a job that ignores cancellation. Once the runner has marked
+  the watch ``abandoned``, the next cancellation is not passed on to the
+  job: :class:`IgnoredCancellation` is raised to the runner instead, and
+  the job's coroutine is left suspended, never resumed. So a job that
+  swallows every ``CancelledError`` cannot hold up the rest of its batch,
+  the drain, or the process's exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Generator
+import gc
+import time
+import types
+from typing import Any
+
+SLOW_STEP = 0.25  # Seconds; above asyncio's 0.1, as a loaded machine pauses a process too.
+
+# Seconds spent in garbage collections so far, and when the current one began: a
+# collection that lands in a job's step is not the job's doing.
+gc_seconds = [0.0, 0.0]
+
+
+def _on_collection(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        gc_seconds[1] = time.perf_counter()
+    else:
+        gc_seconds[0] += time.perf_counter() - gc_seconds[1]
+
+
+gc.callbacks.append(_on_collection)
+
+
+class Carried(Exception):  # noqa: N818  # Not an error of ours: the job's, wrapped.
+    """A ``BaseException`` the job raised, carried as its ``__cause__``.
+
+    Raised as itself, it would be taken for a cancellation or a close of the
+    runner's own task.
+    """
+
+    @classmethod
+    def of(cls, error: BaseException) -> Carried:
+        carried = cls(f"the job raised {error!r}")
+        carried.__cause__ = error
+        return carried
+
+
+class IgnoredCancellation(BaseException):
+    """The job went on after it had been cancelled, and has been let go."""
+
+
+class Watch:
+    """What the runner and :func:`drive` know about one running async job."""
+
+    __slots__ = ("abandoned", "cancelled", "expired", "issued", "slowest", "timer")
+
+    def __init__(self) -> None:
+        self.cancelled = False  # A CancelledError was thrown in from outside.
+        self.expired = False  # The runner's timeout cancelled it.
+        self.abandoned = False  # It ignored that cancellation; the next one lets it go.
+        self.issued = 0  # Cancellations the runner itself sent (its timeout), to take back.
+        self.timer: asyncio.TimerHandle | None = None  # The runner's next timeout step.
+        self.slowest = 0.0  # The longest step, in seconds.
+
+
+@types.coroutine
+def drive(coro: Coroutine[Any, Any, Any], watch: Watch, first: Any) -> Generator[Any, Any, None]:
+    """Await *coro*, whose first step the runner took and which yielded *first*, timing
+    each step; see the module docstring."""
+    clock = time.perf_counter
+    step: Any
+    value: Any
+    yielded = first
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:  # The task's coroutine is being closed.
+            coro.close()
+            raise
+        except asyncio.CancelledError as error:
+            watch.cancelled = True
+            if watch.abandoned:
+                raise IgnoredCancellation from None  # Leave the job where it is.
+            step, value = coro.throw, error
+        except BaseException as error:
+            step, value = coro.throw, error
+        else:
+            step = coro.send
+        began = clock()
+        collected = gc_seconds[0]
+        try:
+            yielded = step(value)
+        except StopIteration:
+            return
+        except asyncio.CancelledError as error:
+            if watch.cancelled:
+                raise
+            raise Carried.of(error) from error
+        except GeneratorExit as error:  # Raised by the job, not thrown in: a close is below.
+            raise Carried.of(error) from error
+        finally:
+            took = clock() - began - (gc_seconds[0] - collected)
+            if took > watch.slowest:
+                watch.slowest = took

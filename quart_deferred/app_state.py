@@ -1,0 +1,175 @@
+"""What QuartDeferred keeps per app: counters, keys, admission, and the runner of each loop.
+
+The counters and de-duplication keys are the app's, not one runner's: they
+outlive the event loop that ran the work (a test per loop, the app served
+again on a new loop). A runner whose loop has ended is found out when the
+app next needs one, and its unfinished work is logged by name as lost, so
+that its counts, its keys and ``QUART_DEFERRED_MAX_PENDING`` start clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import ChainMap
+from collections.abc import AsyncGenerator, Mapping
+import logging
+from typing import Any, TYPE_CHECKING
+
+from quart import Quart
+
+from ._compat import current_source
+from ._config import optional_seconds, optional_whole_number, seconds, whole_number
+from .exceptions import OverloadedError
+from .jobs import callable_name, describe, log_fields
+from .metrics import Counters
+from .runner import TaskRunner
+from .state import exchange_of
+
+if TYPE_CHECKING:
+    from .extension import QuartDeferred
+
+logger = logging.getLogger("quart_deferred")
+
+
+class AppState:
+    """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``."""
+
+    def __init__(self, extension: QuartDeferred, app: Quart) -> None:
+        self.extension = extension
+        self.app = app
+        self.counters = Counters()
+        self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
+        self.capturing = False
+        # Whether registrations must call admit(): until the limit has been read,
+        # and then only while there is one. Checked on every registration.
+        self.admitting = True
+        self.max_pending: int | None = None
+        self._crowded = False  # Jobs not yet started are past 80% of max_pending.
+        self._runner: TaskRunner | None = None
+
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The app's config with the extension's init arguments on top: they always win."""
+        return ChainMap(self.extension.overrides, self.app.config)
+
+    def runner(self) -> TaskRunner:
+        """Return the runner of the running loop, starting one when first needed."""
+        runner = self._runner
+        if runner is None or runner.loop is not asyncio.get_running_loop():
+            runner = self.open_runner()
+        return runner
+
+    def open_runner(self) -> TaskRunner:
+        self.reap()
+        old = self._runner
+        if old is not None and not old.closed and not old.idle:
+            logger.warning(
+                "A new event loop is serving app %r while work of another loop that is still "
+                "running is unfinished; that work stays with its own loop.",
+                self.app.name,
+                extra=log_fields(None, None),
+            )
+        config = self.config
+        self._runner = TaskRunner(
+            self.app,
+            self.counters,
+            self.keys,
+            max_concurrency=whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
+            task_timeout=optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
+            threads=whole_number(config, "QUART_DEFERRED_THREADS"),
+        )
+        self._read_limit()
+        return self._runner
+
+    def reap(self) -> None:
+        """Account for the work of a runner whose event loop has ended."""
+        old = self._runner
+        if old is None or old.closed:
+            return
+        if old.loop.is_closed() or not old.loop.is_running():
+            old.lose_everything("its event loop ended")
+
+    def _read_limit(self) -> None:
+        self.max_pending = optional_whole_number(self.config, "QUART_DEFERRED_MAX_PENDING")
+        self.admitting = self.max_pending is not None
+
+    def admit(self, func: object, caller: str) -> None:
+        """Refuse new work with ``OverloadedError`` once ``max_pending`` jobs have not started.
+
+        Those are the jobs of requests still in flight (registered, their
+        response not yet over) and the jobs waiting for a slot. Callable
+        from a plain view's thread too.
+        """
+        if self._runner is None:
+            self._read_limit()  # No runner has read it yet.
+        limit = self.max_pending
+        if limit is None:
+            return
+        counters = self.counters
+        queued = counters.held + counters.waiting
+        if queued >= limit:
+            self.reap()
+            queued = counters.held + counters.waiting
+        if queued >= limit:
+            msg = (
+                f"{caller}() refused {callable_name(func)}: {queued} jobs are "
+                f"already waiting to run (QUART_DEFERRED_MAX_PENDING={limit}). Answer 503 "
+                "Service Unavailable and let the client retry, or raise the limit."
+            )
+            raise OverloadedError(msg)
+        crowded = queued + 1 >= 0.8 * limit
+        if crowded and not self._crowded:
+            source = current_source()
+            name = callable_name(func)
+            logger.warning(
+                "%d jobs are waiting to run, 80%% of QUART_DEFERRED_MAX_PENDING=%d; at the "
+                "limit, new work is refused with OverloadedError (the last: %s for %s).",
+                queued + 1,
+                limit,
+                name,
+                describe(source),
+                extra=log_fields(name, source),
+            )
+        self._crowded = crowded
+
+    @property
+    def current_runner(self) -> TaskRunner | None:
+        """The runner of the running loop if there is one, without starting one."""
+        runner = self._runner
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return runner if runner is not None and runner.loop is loop else None
+
+    @property
+    def any_runner(self) -> TaskRunner | None:
+        """The latest runner, whatever its loop."""
+        return self._runner
+
+    async def serve(self) -> AsyncGenerator[None, None]:
+        """Tie the runner to the app's serving lifetime (a ``while_serving`` function).
+
+        The drain normally runs earlier, as soon as the server announces its
+        shutdown (see ``PostResponseMiddleware``); this end is the fallback for
+        an app shut down without the ASGI lifespan.
+        """
+        runner = self.current_runner
+        if runner is None or runner.closed:  # Keep one a before_serving function started.
+            self.open_runner()
+        yield
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Finish or cancel the work of this loop's runner, once."""
+        runner = self.current_runner
+        if runner is not None and not runner.closed:
+            await runner.shutdown(seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
+
+    async def capture_context(self) -> None:
+        """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
+        source = current_source()
+        if source is not None:
+            exchange = exchange_of(source)
+            if exchange is not None and not exchange.finished:
+                exchange.batch_for(source)

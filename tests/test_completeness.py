@@ -1,0 +1,87 @@
+"""A response is complete once the server has every byte the client was promised.
+
+Quart sends a body as data messages, then a separate empty final message. A
+client that has read all Content-Length bytes may close at once, and the
+server may then cancel Quart's handler before that empty message goes out:
+the client still got the whole response, so ``when="success"`` work runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from quart import Quart, Response, send_file
+
+from quart_deferred import after_this_response, Delivery, QuartDeferred
+
+from .conftest import wait
+from .servers import running
+
+REQUESTS = 40
+
+
+async def read_promised_then_close(port: int, path: str) -> bytes:
+    """GET *path*, read exactly the Content-Length bytes of the body, then close at once."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    body = await reader.readexactly(length)
+    writer.transport.abort()  # As curl and one-shot clients do: no goodbye.
+    return body
+
+
+@pytest.fixture(name="big_file")
+def _big_file(tmp_path: Path) -> Path:
+    path = tmp_path / "report.bin"
+    path.write_bytes(bytes(range(256)) * 1024)  # 256 KiB: several reads on a thread.
+    return path
+
+
+# Quart leaves send_file's file open when the server cancels its handler after the last
+# bytes (the client has gone): its ResourceWarning is Quart's, not what this test checks.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("body", ["send_file", "iterable", "plain"])
+async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_response(
+    app: Quart, deferred: QuartDeferred, big_file: Path, body: str
+) -> None:
+    outcomes: Counter[str] = Counter()
+    deliveries: list[bool] = []
+
+    @deferred.after_response
+    async def record(delivery: Delivery) -> None:
+        deliveries.append(delivery.complete)
+
+    @app.get("/")
+    async def index() -> Response:
+        after_this_response(outcomes.update, ["success"], when="success")
+        after_this_response(outcomes.update, ["failure"], when="failure")
+        if body == "send_file":
+            return await send_file(big_file)
+        if body == "iterable":
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for _ in range(8):
+                    await asyncio.sleep(0)
+                    yield b"x" * 8192
+
+            response = Response(chunks())
+            response.headers["Content-Length"] = str(8 * 8192)
+            return response
+        return Response(b"y" * 65536)
+
+    async with running(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        for _ in range(REQUESTS):
+            await wait(read_promised_then_close(port, "/"))
+        await wait(deferred.join(), timeout=30)
+    assert outcomes == Counter(success=REQUESTS)
+    assert deliveries == [True] * REQUESTS
