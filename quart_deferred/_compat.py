@@ -6,6 +6,7 @@ Quart 0.23 merged the request and websocket contexts into the app context
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import inspect
 from typing import Any, TYPE_CHECKING
 
@@ -45,3 +46,8 @@ async def handle_background_exception(app: Quart, error: BaseException) -> None:
         await app.handle_background_exception(_cv_app.get(), error)  # type: ignore[call-arg, arg-type]
     else:
         await app.handle_background_exception(error)  # type: ignore[arg-type]
+
+
+def from_test_client(scope: Mapping[str, Any]) -> bool:
+    """Whether *scope* comes from Quart's test client (which sets a private key in it)."""
+    return "_quart._preserve_context" in scope

@@ -17,7 +17,7 @@ from typing import Any, TYPE_CHECKING
 
 from quart import Quart
 
-from ._compat import current_source
+from ._compat import current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from .exceptions import OverloadedError
 from .jobs import callable_name, describe, log_fields
@@ -45,6 +45,8 @@ class AppState:
         self.admitting = True
         self.max_pending: int | None = None
         self._crowded = False  # Jobs not yet started are past 80% of max_pending.
+        # Whether the server sent lifespan.startup, or we said once that it did not.
+        self.lifespan_known = False
         self._runner: TaskRunner | None = None
 
     @property
@@ -131,6 +133,21 @@ class AppState:
                 extra=log_fields(name, source),
             )
         self._crowded = crowded
+
+    def without_lifespan(self, scope: Mapping[str, Any]) -> None:
+        """Say once that the app is served without the ASGI lifespan, and what that costs."""
+        if from_test_client(scope):  # app.test_client() without test_app(): no server.
+            return
+        self.lifespan_known = True
+        logger.warning(
+            "App %r is served without the ASGI lifespan (uvicorn --lifespan off, or a server "
+            "without lifespan support such as daphne), so Quart-Deferred cannot drain deferred "
+            "work at shutdown: work still waiting or running when the server stops is "
+            "cancelled with the event loop, and logged then. Serve it with the lifespan on "
+            "(uvicorn --lifespan on; hypercorn and granian have it on by default).",
+            self.app.name,
+            extra=log_fields(None, None),
+        )
 
     @property
     def current_runner(self) -> TaskRunner | None:

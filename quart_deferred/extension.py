@@ -15,6 +15,7 @@ import weakref
 import anyio
 from quart import Quart
 from quart.globals import _cv_app
+from quart.signals import got_websocket_exception
 
 from ._compat import current_source
 from ._config import (
@@ -29,7 +30,13 @@ from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, make_job, When
 from .metrics import Stats
-from .post_response import Exchange, Hook, PostResponseMiddleware, RESPONSE_ATTRIBUTE
+from .post_response import (
+    Exchange,
+    Hook,
+    PostResponseMiddleware,
+    RESPONSE_ATTRIBUTE,
+    websocket_failed,
+)
 from .queues import QueueAdapter
 from .state import on_event_loop
 
@@ -150,6 +157,7 @@ class QuartDeferred:
         app.extensions["quart_deferred"] = state
         app.asgi_app = PostResponseMiddleware(app.asgi_app, state)  # type: ignore[method-assign]
         app.while_serving(state.serve)
+        got_websocket_exception.connect(websocket_failed, app, weak=False)
         self._apps.add(app)
         if self.hooks:
             _install_capture(state)

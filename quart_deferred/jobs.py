@@ -150,7 +150,7 @@ def check_when(when: object, caller: str) -> When:
     if when not in WHEN_VALUES:
         msg = (
             f"{caller}() got when={when!r}. Use one of 'always' (run however the "
-            "exchange ended), 'success' (final body sent, status below 400) or "
+            "exchange ended), 'success' (complete response, status below 400) or "
             "'failure' (everything else)."
         )
         raise InvalidOptionError(msg)

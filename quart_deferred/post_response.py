@@ -1,14 +1,15 @@
-"""Post-response work: an ASGI layer that sees the final response message go out.
+"""Post-response work: an ASGI layer that sees the response go out complete.
 
 :class:`PostResponseMiddleware` wraps ``app.asgi_app``. For each HTTP exchange
-it watches the messages the app sends; once the final ``http.response.body``
-has been sent, the client has the whole response, and the request's
-post-response jobs are handed to the runner, which runs them on tasks of its
-own: never on the response path, and never in Quart's handler task (which the
-server's ``http.disconnect`` would cancel). If the exchange ends without a
-final body (client gone, crash, response timeout), the jobs are handed over
-when the ASGI call ends. Websocket work is handed over when the connection's
-ASGI call ends.
+it watches the messages the app sends; once the server has accepted every
+byte the client was promised (body bytes reaching the content-length, or the
+final message of a response without one), the response is complete, and the
+request's post-response jobs are handed to the runner, which runs them on
+tasks of its own: never on the response path, and never in Quart's handler
+task (which the server's ``http.disconnect`` would cancel). If the exchange
+ends without a complete response (client gone, crash, response timeout), the
+jobs are handed over when the ASGI call ends. Websocket work is handed over
+when the connection's ASGI call ends.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Delivery:
     Attributes:
         status_code: The status sent with ``http.response.start``, or ``None``
             if the exchange ended before a response started.
-        complete: Whether the final body message was sent, i.e. the client
-            got the whole response.
+        complete: Whether the server accepted every byte the client was
+            promised: body bytes reaching the content-length, or the final
+            message of a response without one.
         raw_headers: The headers as sent, as ASGI byte pairs.
     """
 
@@ -93,7 +95,7 @@ class Delivery:
 
 
 def _successful(complete: bool, status: int | None) -> bool:
-    """The final body went out and the status is below 400: what ``when="success"`` means."""
+    """The response was complete and its status below 400: what ``when="success"`` means."""
     return complete and status is not None and status < 400
 
 
@@ -297,11 +299,15 @@ def _content_length(start: dict[str, Any]) -> int | None:
 class WebsocketExchange(Exchange):
     """One websocket connection: its work is handed over when the connection's ASGI call ends.
 
-    A websocket "succeeds" when the app's handler returned normally after
-    accepting the connection. App-wide hooks see HTTP exchanges only.
+    A websocket "succeeds" when the app's handler accepted the connection and
+    ended without raising; a client that closes the connection is a normal end
+    of a websocket. A handler that raised (Quart catches it, sends its
+    ``got_websocket_exception`` signal and closes with 1000) fails, and so does
+    a connection closed before it was accepted. App-wide hooks see HTTP
+    exchanges only.
     """
 
-    __slots__ = ("_held", "_receive")
+    __slots__ = ("_held", "_receive", "failed")
 
     def __init__(
         self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable
@@ -309,6 +315,7 @@ class WebsocketExchange(Exchange):
         super().__init__(app_state, send, ())
         self._receive = receive
         self._held: TaskRunner | None = None
+        self.failed = False  # The handler raised: see handler_failed().
 
     async def send_websocket(self, message: ASGISendEvent) -> None:
         event: dict[str, Any] = message  # type: ignore[assignment]
@@ -344,6 +351,14 @@ class WebsocketExchange(Exchange):
                 self._held = None
 
 
+async def websocket_failed(sender: Quart, exception: BaseException) -> None:
+    """Mark the current websocket's exchange as failed (a ``got_websocket_exception`` receiver)."""
+    source = current_source()
+    exchange = None if source is None else source.scope.get(SCOPE_KEY)
+    if isinstance(exchange, WebsocketExchange):
+        exchange.failed = True
+
+
 async def _gone(message: ASGISendEvent) -> None:
     """The send of an exchange whose ASGI call has ended: nothing reaches the server now."""
 
@@ -373,6 +388,8 @@ class PostResponseMiddleware:
         kind = scope["type"]
         writable: dict[str, Any] = scope  # type: ignore[assignment]
         if kind == "http":
+            if not self.state.lifespan_known:
+                self.state.without_lifespan(writable)
             exchange = Exchange(self.state, send, self.state.extension.hooks)
             writable[SCOPE_KEY] = exchange
             try:
@@ -402,7 +419,7 @@ class PostResponseMiddleware:
             complete = False
             try:
                 await self.app(scope, connection.receive_websocket, connection.send_websocket)
-                complete = True
+                complete = not connection.failed
             finally:
                 connection.finish(complete=complete)
                 connection._send = _gone  # As for HTTP, above.
@@ -422,7 +439,9 @@ class PostResponseMiddleware:
 
         async def receive_lifespan() -> ASGIReceiveEvent:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self.state.lifespan_known = True
+            elif message["type"] == "lifespan.shutdown":
                 await self.state.drain()
             return message
 
@@ -447,8 +466,8 @@ def after_this_response(func: Any = _MISSING, /, *args: Any, **kwargs: Any) -> A
     """Run ``func(*args, **kwargs)`` after the response has been sent to the client.
 
     Use it for slow work the client should not wait for: the welcome e-mail,
-    the audit row. It runs on a task the runner owns, after the final body
-    message has gone out, in a copy of the request's context, so ``request``,
+    the audit row. It runs on a task the runner owns, once the response is
+    complete, in a copy of the request's context, so ``request``,
     ``g``, ``session`` and ``current_app`` still work. The request's teardown
     functions have already run by then, so anything they close (a database
     connection on ``g``) is closed. Plain functions run on a thread::
@@ -464,8 +483,8 @@ def after_this_response(func: Any = _MISSING, /, *args: Any, **kwargs: Any) -> A
 
     Arguments:
         func: The function to call; ``async def`` functions are awaited.
-        when: ``"always"`` (default), ``"success"`` (the final body was sent
-            and the status is below 400) or ``"failure"`` (anything else).
+        when: ``"always"`` (default), ``"success"`` (the response was complete
+            and its status is below 400) or ``"failure"`` (anything else).
         key: De-duplicate: if work with this key is already waiting or
             running in this process, this call adds nothing. With a key the
             call returns ``True`` if it scheduled the work, ``False`` if not.

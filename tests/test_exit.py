@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+import contextlib
 import os
 import signal
 import socket
@@ -80,6 +81,7 @@ async def _served() -> AsyncIterator[Served]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)},
+        start_new_session=True,  # Hypercorn's worker process too can be killed as one group.
     )
     sock.close()
     served = Served(process, port)
@@ -88,8 +90,9 @@ async def _served() -> AsyncIterator[Served]:
         yield served
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await wait(process.wait(), timeout=30)
 
 
 @pytest.mark.parametrize("kind", ["system_exit", "plain_keyboard_interrupt"])

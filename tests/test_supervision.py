@@ -26,7 +26,7 @@ from quart_deferred import (
     Stats,
 )
 
-from .conftest import add_up, counts, until, wait
+from .conftest import add_up, counts, QUART_VERSION, until, wait
 
 BASE_EXCEPTIONS = [SystemExit(2), KeyboardInterrupt(), GeneratorExit(), asyncio.CancelledError()]
 
@@ -585,6 +585,9 @@ async def test_control_characters_from_the_request_cannot_forge_log_lines(
     assert "/x\\r\\nCRITICAL GET /admin: user root\\x1b[2J" in record.getMessage()
 
 
+@pytest.mark.skipif(
+    QUART_VERSION >= (0, 23), reason="Quart 0.23's TaskGroup cancels the handler with the call"
+)
 async def test_sends_after_the_server_cancelled_the_call_go_nowhere_without_an_error(
     app: Quart,
 ) -> None:
@@ -678,3 +681,30 @@ async def test_shutdown_names_the_first_thousand_cancelled_jobs_and_counts_the_r
     [summary] = [m for m in messages if m.startswith("Cancelled 2000 more jobs")]
     assert "2000 x tests.test_supervision." in summary
     assert counts(deferred.stats()) == Stats(scheduled=3000, cancelled=3000)
+
+
+def test_work_left_when_the_event_loop_ends_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """No lifespan, no drain: when asyncio.run() ends, the running job and the ones waiting
+    behind it are logged by name and request, and counted as cancelled."""
+    app = Quart(__name__)
+    deferred = QuartDeferred(app, max_concurrency=1)
+
+    @app.get("/<name>")
+    async def index(name: str) -> str:
+        after_this_response(asyncio.sleep, 30)
+        return "ok"
+
+    async def serve_two() -> None:
+        client = app.test_client()
+        await client.get("/first")
+        await client.get("/second")
+        await until(lambda: deferred.stats().running == 1)
+
+    asyncio.run(serve_two())
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("for GET /first at shutdown: it was still running" in m for m in messages)
+    assert any(
+        "for GET /second at shutdown: it had not started; the event loop stopped" in m
+        for m in messages
+    )
+    assert counts(deferred.stats()) == Stats(scheduled=2, cancelled=2)
