@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from quart import Quart, request
+from quart import current_app, Quart, request
 
 from quart_deferred import (
     after_this_response,
@@ -19,7 +19,7 @@ from quart_deferred import (
     Stats,
 )
 
-from .conftest import Client, counts
+from .conftest import Client, counts, until, wait
 
 
 def test_config_defaults_are_visible_and_init_arguments_override() -> None:
@@ -199,3 +199,44 @@ async def test_start_soon_needs_a_running_loop(deferred: QuartDeferred) -> None:
 
     with pytest.raises(ContextError, match="no event loop running in this thread"):
         await asyncio.to_thread(from_thread)
+
+
+async def test_an_init_argument_wins_over_its_config_key_set_later() -> None:
+    """QuartDeferred(app, max_concurrency=1), then app.config[...] = 50: one runs at a time."""
+    app = Quart(__name__)
+    deferred = QuartDeferred(app, max_concurrency=1)
+    app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 50
+    release = asyncio.Event()
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(release.wait)
+        return "ok"
+
+    client = app.test_client()
+    for _ in range(3):
+        await client.get("/")
+    await wait(until(lambda: deferred.stats().running == 1))
+    assert deferred.stats().waiting == 2
+    release.set()
+    await wait(deferred.join())
+
+
+async def test_join_outside_an_app_context_waits_for_every_bound_app() -> None:
+    deferred = QuartDeferred()
+    apps = [Quart("first"), Quart("second")]
+    done: list[str] = []
+    for app in apps:
+        deferred.init_app(app)
+
+        @app.get("/")
+        async def index() -> str:
+            after_this_response(done.append, current_app.name)
+            return "ok"
+
+    for app in apps:
+        await app.test_client().get("/")
+    await wait(deferred.join(timeout=5))
+    assert sorted(done) == ["first", "second"]
+    with pytest.raises(ContextError, match="bound to 2 apps"):
+        deferred.stats()  # Stats stay per app: which one is meant must be said.
