@@ -127,9 +127,11 @@ class Exchange:
     """
 
     __slots__ = (
+        "_receive",
         "_send",
         "app_state",
         "batch",
+        "disconnected",
         "finished",
         "hooks",
         "remaining",
@@ -143,10 +145,16 @@ class Exchange:
     track_work = False
 
     def __init__(
-        self, app_state: AppState, send: ASGISendCallable, hooks: tuple[Hook, ...]
+        self,
+        app_state: AppState,
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable,
+        hooks: tuple[Hook, ...],
     ) -> None:
         self.app_state = app_state
         self._send = send
+        self._receive = receive
+        self.disconnected = False  # The server has reported http.disconnect.
         # The request, once it has registered something; for log lines.
         self.source: BaseRequestWebsocket | None = None
         self.request_callbacks: RequestCallbacks | None = None  # Those not called yet.
@@ -201,6 +209,12 @@ class Exchange:
             return self._send_final(message)
         return self._send(message)
 
+    async def receive_http(self) -> ASGIReceiveEvent:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        return message
+
     async def _send_final(self, message: ASGISendEvent) -> None:
         runner = self.app_state.runner()
         runner.pending += 1  # join() waits for this exchange's work from now on.
@@ -210,7 +224,9 @@ class Exchange:
             self.finish(complete=False, runner=runner)
             raise
         else:
-            self.finish(complete=True, runner=runner)
+            # A send after the server reported the client gone completes nothing,
+            # whatever the server did with it (hypercorn drops it without a word).
+            self.finish(complete=not self.disconnected, runner=runner)
         finally:
             runner.release()
 
@@ -307,13 +323,12 @@ class WebsocketExchange(Exchange):
     exchanges only.
     """
 
-    __slots__ = ("_held", "_receive", "failed")
+    __slots__ = ("_held", "failed")
 
     def __init__(
         self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable
     ) -> None:
-        super().__init__(app_state, send, ())
-        self._receive = receive
+        super().__init__(app_state, send, receive, ())
         self._held: TaskRunner | None = None
         self.failed = False  # The handler raised: see handler_failed().
 
@@ -363,6 +378,11 @@ async def _gone(message: ASGISendEvent) -> None:
     """The send of an exchange whose ASGI call has ended: nothing reaches the server now."""
 
 
+async def _disconnected() -> ASGIReceiveEvent:
+    """The receive of an HTTP exchange whose ASGI call has ended."""
+    return {"type": "http.disconnect"}
+
+
 async def _nothing_more() -> ASGIReceiveEvent:
     """The receive of a connection whose ASGI call has ended."""
     return {"type": "websocket.disconnect", "code": 1006}
@@ -390,15 +410,15 @@ class PostResponseMiddleware:
         if kind == "http":
             if not self.state.lifespan_known:
                 self.state.without_lifespan(writable)
-            exchange = Exchange(self.state, send, self.state.extension.hooks)
+            exchange = Exchange(self.state, send, receive, self.state.extension.hooks)
             writable[SCOPE_KEY] = exchange
             try:
                 if self._direct_http:
                     quart = self.state.app
                     handler = quart.asgi_http_class(quart, scope)  # type: ignore[arg-type]
-                    await handler(receive, exchange.send_http)
+                    await handler(exchange.receive_http, exchange.send_http)
                 else:
-                    await self.app(scope, receive, exchange.send_http)
+                    await self.app(scope, exchange.receive_http, exchange.send_http)
             finally:
                 # The exchange ended without its final message going out: finish
                 # what is left (jobs, callbacks never called, hooks) as a failure.
@@ -413,6 +433,7 @@ class PostResponseMiddleware:
                 # handler task may still be sending (the server cancelled the call):
                 # those sends go nowhere, as the server would have ignored them.
                 exchange._send = _gone
+                exchange._receive = _disconnected
         elif kind == "websocket":
             connection = WebsocketExchange(self.state, send, receive)
             writable[SCOPE_KEY] = connection

@@ -38,7 +38,15 @@ from quart import Quart
 from quart.signals import got_background_exception
 
 from ._compat import handle_background_exception
-from ._stepping import Carried, drive, gc_seconds, IgnoredCancellation, SLOW_STEP, Watch
+from ._stepping import (
+    Carried,
+    drive,
+    gc_seconds,
+    IgnoredCancellation,
+    SLOW_STEP,
+    time_collections,
+    Watch,
+)
 from .jobs import Batch, Job, log_fields, NO_KWARGS
 from .metrics import Counters, WINDOW
 from .threads import ThreadCall, ThreadPool
@@ -72,6 +80,7 @@ class TaskRunner:
         self.task_timeout = task_timeout
         self.threads = threads
         self._pool: ThreadPool | None = None  # Started with the first plain job.
+        time_collections()
         self._tracing = Tracing.load()  # None unless OpenTelemetry is installed.
         self.closed = False
         # Exchanges whose final message is going out right now (they add one, and

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from quart import Quart, Response, send_file
@@ -85,3 +87,59 @@ async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_respon
         await wait(deferred.join(), timeout=30)
     assert outcomes == Counter(success=REQUESTS)
     assert deliveries == [True] * REQUESTS
+
+
+async def test_a_send_after_the_server_reported_the_client_gone_completes_nothing(
+    app: Quart, deferred: QuartDeferred
+) -> None:
+    """The server reports http.disconnect, then accepts the final message anyway and drops
+    it, as hypercorn does: the client did not get the response, so only "failure" runs."""
+    outcomes: Counter[str] = Counter()
+    deliveries: list[bool] = []
+
+    @deferred.after_response
+    async def record(delivery: Delivery) -> None:
+        deliveries.append(delivery.complete)
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(outcomes.update, ["success"], when="success")
+        after_this_response(outcomes.update, ["failure"], when="failure")
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[dict[str, Any]] = loop.create_future()
+    requested = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await gone
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not gone.done():
+            gone.set_result({"type": "http.disconnect"})  # The client resets now...
+            await asyncio.sleep(0)  # ...and the server reports it, then drops this send.
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "extensions": {},
+    }
+    with contextlib.suppress(asyncio.CancelledError):
+        await app.asgi_app(scope, receive, send)  # type: ignore[arg-type]
+    await wait(deferred.join())
+    assert outcomes == Counter(failure=1)
+    assert deliveries == [False]

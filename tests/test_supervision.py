@@ -262,6 +262,7 @@ async def test_a_non_awaiting_chain_does_not_freeze_the_loop(
         lags.append(loop.time() - before - 0.005)
     stop = True
     await wait(deferred.join())
+    print(f"\nchain of {rounds} jobs: the loop lagged at most {max(lags) * 1000:.1f} ms")
     assert rounds > 20
     assert max(lags) < 0.1, f"the loop lagged {max(lags):.3f}s"
 
@@ -289,6 +290,7 @@ async def test_one_request_with_100000_jobs_does_not_freeze_the_loop(
         await asyncio.sleep(0)
         lags.append(loop.time() - before)
     await wait(deferred.join())
+    print(f"\n100,000 jobs of one request: the loop lagged at most {max(lags) * 1000:.1f} ms")
     assert max(lags) < 0.1, f"the loop lagged {max(lags):.3f}s"
 
 
