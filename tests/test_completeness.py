@@ -143,3 +143,113 @@ async def test_a_send_after_the_server_reported_the_client_gone_completes_nothin
     await wait(deferred.join())
     assert outcomes == Counter(failure=1)
     assert deliveries == [False]
+
+
+@pytest.mark.parametrize(
+    ("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)], ids=["HEAD", "204", "304"]
+)
+async def test_responses_without_body_bytes_are_complete_at_their_final_message(
+    app: Quart, deferred: QuartDeferred, method: str, status: int
+) -> None:
+    """A HEAD response promises a content-length it never sends; 204 and 304 have no body."""
+    deliveries: list[tuple[int | None, bool]] = []
+
+    @deferred.after_response
+    async def record(delivery: Delivery) -> None:
+        deliveries.append((delivery.status_code, delivery.complete))
+
+    @app.route("/", methods=["GET", "HEAD"])
+    async def index() -> tuple[str, int]:
+        return ("" if status != 200 else "a body of 17 bytes"), status
+
+    client = app.test_client()
+    await (client.head("/") if method == "HEAD" else client.get("/"))
+    await wait(deferred.join())
+    assert deliveries == [(status, True)]
+
+
+def _raw_exchange(messages: list[dict[str, Any]], *, end: bool = True) -> Any:
+    """An ASGI app (not Quart) that sends *messages*; with ``end=False`` it then fails."""
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+        if not end:
+            raise RuntimeError("the app failed before its last message")
+
+    return raw
+
+
+START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain")],
+}
+
+
+@pytest.mark.parametrize(
+    ("messages", "end", "complete"),
+    [
+        (
+            [
+                {**START, "trailers": True},
+                {"type": "http.response.body", "body": b"data", "more_body": False},
+                {"type": "http.response.trailers", "headers": [], "more_trailers": False},
+            ],
+            True,
+            True,
+        ),
+        (
+            [
+                {**START, "trailers": True},
+                {"type": "http.response.body", "body": b"data", "more_body": False},
+            ],
+            False,
+            False,
+        ),
+        ([START, {"type": "http.response.pathsend", "path": "/etc/hostname"}], True, True),
+        (
+            [START, {"type": "http.response.zerocopysend", "file": 0, "more_body": False}],
+            True,
+            True,
+        ),
+        (
+            [START, {"type": "http.response.zerocopysend", "file": 0, "more_body": True}],
+            False,
+            False,
+        ),
+    ],
+    ids=["trailers", "trailers-missing", "pathsend", "zerocopysend", "zerocopysend-unfinished"],
+)
+@pytest.mark.parametrize("http_version", ["1.1", "2"])
+async def test_trailers_pathsend_and_zerocopysend_end_a_response(
+    messages: list[dict[str, Any]], end: bool, complete: bool, http_version: str
+) -> None:
+    """The final message is the last trailers when trailers were announced, a pathsend, or
+    the last zerocopysend; HTTP/2 carries the same messages."""
+    from quart_deferred.post_response import PostResponseMiddleware
+
+    app = Quart(__name__)
+    deferred = QuartDeferred(app)
+    seen: list[bool] = []
+
+    @deferred.after_response
+    async def record(delivery: Delivery) -> None:
+        seen.append(delivery.complete)
+
+    layer = PostResponseMiddleware(
+        _raw_exchange(messages, end=end), app.extensions["quart_deferred"]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    scope = {"type": "http", "http_version": http_version, "method": "GET", "path": "/"}
+    async with app.app_context():
+        with contextlib.suppress(RuntimeError):
+            await layer(scope, receive, send)  # type: ignore[arg-type]
+        await wait(deferred.join())
+    assert seen == [complete]
