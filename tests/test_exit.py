@@ -59,6 +59,10 @@ class Served:
         await wait(self._reader)
         return took
 
+    async def finished(self) -> None:
+        """Wait until all the output has been read, so the pipe's transport is closed."""
+        await self._reader
+
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
@@ -93,6 +97,7 @@ async def _served() -> AsyncIterator[Served]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await wait(process.wait(), timeout=30)
+        await wait(served.finished(), timeout=30)  # Read to the end: the pipe closes.
 
 
 @pytest.mark.parametrize("kind", ["system_exit", "plain_keyboard_interrupt"])

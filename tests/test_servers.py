@@ -99,6 +99,10 @@ class Served:
         await wait(self._reader)
         return took
 
+    async def finished(self) -> None:
+        """Wait until all the output has been read, so the pipe's transport is closed."""
+        await self._reader
+
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
@@ -126,6 +130,7 @@ async def serving(server: str, *extra: str) -> AsyncIterator[Served]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await wait(process.wait(), timeout=30)
+        await wait(served.finished(), timeout=30)  # Read to the end: the pipe closes.
 
 
 @pytest_asyncio.fixture(name="served", params=SERVERS, scope="module", loop_scope="module")
