@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from quart import Quart, Response, send_file
 
+from benchmarks.asgi import scope as http_scope
 from quart_deferred import after_this_response, Delivery, QuartDeferred
 
 from .conftest import wait
@@ -123,21 +124,7 @@ async def test_a_send_after_the_server_reported_the_client_gone_completes_nothin
             gone.set_result({"type": "http.disconnect"})  # The client resets now...
             await asyncio.sleep(0)  # ...and the server reports it, then drops this send.
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-        "extensions": {},
-    }
+    scope = http_scope("/")
     with contextlib.suppress(asyncio.CancelledError):
         await app.asgi_app(scope, receive, send)  # type: ignore[arg-type]
     await wait(deferred.join())

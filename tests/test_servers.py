@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-import contextlib
 import json
-import os
-import signal
-import socket
-import sys
 import time
 from typing import Any
 
@@ -26,6 +21,7 @@ import websockets
 from benchmarks.loadgen import Connection
 
 from .conftest import QUART_VERSION, wait
+from .servers import ServerProcess, serving
 from .test_completeness import read_promised_then_close
 
 SERVERS = ["hypercorn", "uvicorn", "granian"]
@@ -33,109 +29,21 @@ SHUTDOWN_TIMEOUT = 1.0
 REQUESTS = 40
 
 
-def _command(server: str, port: int, *extra: str) -> list[str]:
-    app = "tests.apps.outcomes:app"
-    bind = ("--host", "127.0.0.1", "--port", str(port))
-    if server == "hypercorn":
-        return [sys.executable, "-m", "hypercorn", f"--bind=127.0.0.1:{port}", *extra, app]
-    if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", *bind, "--no-access-log", *extra, app]
-    return [sys.executable, "-m", "granian", "--interface", "asgi", *bind, "--workers", "1"] + [
-        "--no-access-log",
-        *extra,
-        app,
-    ]
+APP = "tests.apps.outcomes:app"
+ENV = {"SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT)}
 
 
-class Served:
-    """One server process and what it printed."""
-
-    def __init__(self, name: str, process: asyncio.subprocess.Process, port: int) -> None:
-        self.name = name
-        self.process = process
-        self.port = port
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.process.stdout is not None
-        async for raw in self.process.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip())
-            self._changed.set()
-
-    async def saw(self, text: str) -> None:
-        while not any(text in line for line in self.lines):
-            self._changed.clear()
-            await self._changed.wait()
-
-    async def ready(self) -> None:
-        while True:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                if await self.get("/health") == (200, b"ok"):
-                    return
-            if self.process.returncode is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.output}")
-            await asyncio.sleep(0.05)
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        connection = await Connection.open("127.0.0.1", self.port)
-        try:
-            return await connection.get(path)
-        finally:
-            connection.writer.close()
-
-    async def results(self) -> dict[str, Any]:
-        status, body = await wait(self.get("/results"), timeout=20)
-        assert status == 200, body
-        result: dict[str, Any] = json.loads(body)
-        return result
-
-    async def stop(self) -> float:
-        self.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        await wait(self.process.wait(), timeout=30)
-        took = time.monotonic() - signalled
-        await wait(self._reader)
-        return took
-
-    async def finished(self) -> None:
-        """Wait until all the output has been read, so the pipe's transport is closed."""
-        await self._reader
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
-@contextlib.asynccontextmanager
-async def serving(server: str, *extra: str) -> AsyncIterator[Served]:
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    process = await asyncio.create_subprocess_exec(
-        *_command(server, port, *extra),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT), "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,  # Its workers too can be killed as one group.
-    )
-    served = Served(server, process, port)
-    try:
-        await wait(served.ready(), timeout=60)
-        yield served
-    finally:
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await wait(process.wait(), timeout=30)
-        await wait(served.finished(), timeout=30)  # Read to the end: the pipe closes.
+async def results_of(served: ServerProcess) -> dict[str, Any]:
+    """What ran for each request id, and what each Delivery said, once all work is done."""
+    status, body = await wait(served.get("/results"), timeout=20)
+    assert status == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result
 
 
 @pytest_asyncio.fixture(name="served", params=SERVERS, scope="module", loop_scope="module")
-async def _served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
-    async with serving(request.param) as served:
+async def _served(request: pytest.FixtureRequest) -> AsyncIterator[ServerProcess]:
+    async with serving(request.param, APP, env=ENV) as served:
         yield served
 
 
@@ -144,18 +52,18 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest.mark.parametrize("body", ["plain", "file", "iterable"])
 async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_response(
-    served: Served, body: str
+    served: ServerProcess, body: str
 ) -> None:
     ids = [f"{body}-{served.name}-{number}" for number in range(REQUESTS)]
     for request_id in ids:
         await wait(read_promised_then_close(served.port, f"/{body}/{request_id}"))
-    results = await served.results()
+    results = await results_of(served)
     assert [results["ran"].get(request_id) for request_id in ids] == [["success"]] * REQUESTS
     assert [results["complete"].get(request_id) for request_id in ids] == [[True]] * REQUESTS
 
 
 async def test_a_failed_request_and_a_stream_left_midway_run_the_failure_work(
-    served: Served,
+    served: ServerProcess,
 ) -> None:
     assert (await served.get(f"/error/error-{served.name}"))[0] == 500
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
@@ -164,13 +72,13 @@ async def test_a_failed_request_and_a_stream_left_midway_run_the_failure_work(
     await reader.readexactly(4096)  # Some chunks of fifty, then leave.
     writer.transport.abort()
     await asyncio.sleep(1)  # The stream's remaining chunks would take 0.4 s.
-    results = await served.results()
+    results = await results_of(served)
     assert results["ran"][f"error-{served.name}"] == ["failure"]
     assert results["ran"][f"stream-{served.name}"] == ["failure"]
     assert results["complete"][f"stream-{served.name}"] == [False]
 
 
-async def test_keep_alive_is_not_held_by_post_response_work(served: Served) -> None:
+async def test_keep_alive_is_not_held_by_post_response_work(served: ServerProcess) -> None:
     async with await Connection.open("127.0.0.1", served.port) as connection:
         assert await connection.get(f"/slow-job/ka-{served.name}") == (200, b"ok")
         began = time.monotonic()
@@ -179,7 +87,7 @@ async def test_keep_alive_is_not_held_by_post_response_work(served: Served) -> N
     assert took < 0.5, f"the next request on the connection waited {took:.2f}s"
 
 
-async def test_websocket_outcomes(served: Served) -> None:
+async def test_websocket_outcomes(served: ServerProcess) -> None:
     """Accepted and ended normally (the client closing included): success. The handler
     raising, or a close before accept: failure."""
     base = f"ws://127.0.0.1:{served.port}/ws"
@@ -198,7 +106,7 @@ async def test_websocket_outcomes(served: Served) -> None:
             async with websockets.connect(f"{base}/reject/ws-reject-{served.name}"):
                 pass
     await asyncio.sleep(0.2)  # The server's side of each close.
-    results = await served.results()
+    results = await results_of(served)
     assert results["ran"][f"ws-ok-{served.name}"] == ["success"]
     assert results["ran"][f"ws-raise-{served.name}"] == ["failure"]
     if refuse:
@@ -207,7 +115,7 @@ async def test_websocket_outcomes(served: Served) -> None:
 
 @pytest.mark.parametrize("server", SERVERS)
 async def test_sigterm_drains_and_names_what_it_cancels(server: str) -> None:
-    async with serving(server) as served:
+    async with serving(server, APP, env=ENV) as served:
         assert await served.get("/long-job/drained") == (200, b"ok")
         await wait(served.saw("started long job drained"))
         took = await served.stop()
@@ -225,7 +133,7 @@ async def test_without_the_lifespan_it_says_so_once_at_the_first_request() -> No
     handler, so the process dies before the event loop can cancel (and so log) the job
     still running: the WARNING is all the notice there can be.
     """
-    async with serving("uvicorn", "--lifespan", "off") as served:
+    async with serving("uvicorn", APP, "--lifespan", "off", env=ENV) as served:
         await wait(served.saw("without the ASGI lifespan"))
         assert await served.get("/long-job/no-lifespan") == (200, b"ok")
         await wait(served.saw("started long job no-lifespan"))

@@ -15,6 +15,7 @@ from quart import Quart, request
 from quart.signals import got_background_exception
 from quart.testing.app import LifespanError
 
+from benchmarks.asgi import scope as http_scope
 from quart_deferred import (
     after_this_response,
     ContextError,
@@ -626,22 +627,7 @@ async def test_sends_after_the_server_cancelled_the_call_go_nowhere_without_an_e
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/",
-        "raw_path": b"/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 2),
-        "extensions": {},
-        "state": {},
-    }
+    scope = http_scope("/")
     call = asyncio.ensure_future(app.asgi_app(scope, receive, send))  # type: ignore[arg-type]
     await wait(streaming.wait())
     call.cancel()
