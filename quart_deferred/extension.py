@@ -26,6 +26,7 @@ from ._config import (
     seconds,
     whole_number,
 )
+from ._test_client import exchange_of_response
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import _is_async, Batch, callable_name, check_when, make_job, When
@@ -34,7 +35,6 @@ from .post_response import (
     Exchange,
     Hook,
     PostResponseMiddleware,
-    RESPONSE_ATTRIBUTE,
     websocket_failed,
 )
 from .queues import QueueAdapter
@@ -273,21 +273,19 @@ class QuartDeferred:
     async def wait_for(self, response: object, timeout: float | None = 5.0) -> list[BaseException]:  # noqa: ASYNC109
         """Wait for the post-response work of the one request that *response* answered.
 
-        For tests: *response* comes from ``app.test_client()`` while the
-        ``quart_deferred`` pytest plugin is active (it is, once the package is
-        installed). Work of other requests is not waited for; use ``join()``
-        for everything.
+        For tests: *response* comes from ``app.test_client()`` of an app this
+        extension is bound to; no pytest plugin is needed. Work of other
+        requests is not waited for; use ``join()`` for everything.
 
         Returns:
             The errors that work raised (timeouts as ``TimeoutError``), or ``[]``.
         """
-        exchange: Exchange | None = getattr(response, RESPONSE_ATTRIBUTE, None)
+        exchange: Exchange | None = exchange_of_response(response)
         if exchange is None:
             msg = (
                 f"deferred.wait_for() cannot tell which request {response!r} answered. It "
-                "takes a response from app.test_client() while the quart_deferred pytest "
-                "plugin is active (not disabled with -p no:quart_deferred). For other "
-                "clients, use await deferred.join()."
+                "takes a response from app.test_client() of an app wrapped by this "
+                "QuartDeferred. For other clients, use await deferred.join()."
             )
             raise ContextError(msg)
         done: asyncio.Future[list[BaseException]] | None = getattr(exchange, "work_done", None)

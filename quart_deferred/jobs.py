@@ -86,8 +86,8 @@ class Batch:
         self.handed_at = 0.0  # time.perf_counter() when the runner took it.
         self.status: int | None = None  # The response's status (tracing, logs); None if none.
         self.watch: Watch | None = None  # The running job's, while one runs.
-        # Only while the pytest plugin tracks work (see testing.py): settled with
-        # the batch's failures once every job has ended.
+        # Only for an exchange of Quart's test client (TestClientExchange): settled
+        # with the batch's failures once every job has ended, for wait_for().
         self.done: asyncio.Future[list[BaseException]] | None = None
         self.errors: list[BaseException] | None = None
 

@@ -32,7 +32,8 @@ from hypercorn.typing import (
 from quart import Quart
 from werkzeug.datastructures import Headers
 
-from ._compat import current_source
+from ._compat import current_source, from_test_client
+from ._test_client import mark_response
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError
 from .jobs import (
@@ -113,10 +114,6 @@ class Hook:
         return Job(self.func, args, {}, self.is_async, self.when)
 
 
-# The attribute the pytest plugin sets on test client responses (see testing.py).
-RESPONSE_ATTRIBUTE = "quart_deferred_exchange"
-
-
 class Exchange:
     """One HTTP request as the ASGI layer sees it.
 
@@ -140,8 +137,8 @@ class Exchange:
         "start",
         "work_done",  # Only with track_work; read with getattr().
     )
-    # Set by the pytest plugin: keep a future per exchange that settles when
-    # its work has ended, for ``deferred.wait_for(response)``.
+    # Keep a future that settles when the exchange's work has ended, for
+    # ``deferred.wait_for(response)``: true for TestClientExchange only.
     track_work = False
 
     def __init__(
@@ -300,6 +297,13 @@ class Exchange:
         return False
 
 
+class TestClientExchange(Exchange):
+    """An exchange with Quart's test client: ``deferred.wait_for(response)`` can wait for it."""
+
+    __slots__ = ()
+    track_work = True
+
+
 def _content_length(start: dict[str, Any]) -> int | None:
     """The content-length of a response's start message, or ``None`` without a valid one."""
     for name, value in start.get("headers", ()):
@@ -410,7 +414,12 @@ class PostResponseMiddleware:
         if kind == "http":
             if not self.state.lifespan_known:
                 self.state.without_lifespan(writable)
-            exchange = Exchange(self.state, send, receive, self.state.extension.hooks)
+            exchange: Exchange
+            if from_test_client(writable):
+                exchange = TestClientExchange(self.state, send, receive, self.state.extension.hooks)
+                mark_response(send, exchange)
+            else:
+                exchange = Exchange(self.state, send, receive, self.state.extension.hooks)
             writable[SCOPE_KEY] = exchange
             try:
                 if self._direct_http:

@@ -105,10 +105,42 @@ def test_strict_mode_for_every_test_from_the_ini_file(project: pytest.Pytester) 
     result.assert_outcomes(passed=1, failed=2)
 
 
-def test_without_the_plugin_wait_for_says_what_to_do(project: pytest.Pytester) -> None:
-    result = project.runpytest_subprocess("-p", "no:quart_deferred", "-k", "mail_goes_out")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*cannot tell which request*use await deferred.join()*"])
+def test_wait_for_needs_no_plugin(project: pytest.Pytester) -> None:
+    """With the plugin turned off, wait_for() still waits for one response's work."""
+    result = project.runpytest_subprocess(
+        "-p", "no:quart_deferred", "-p", "no:cacheprovider", "-k", "not strict"
+    )
+    result.assert_outcomes(passed=2)
+
+
+UNTOUCHED_TESTS = """
+from quart import Quart
+from quart.testing import QuartClient
+from quart.testing.connections import TestHTTPConnection
+
+
+def test_the_test_client_is_quarts_own(pytestconfig):
+    assert pytestconfig.pluginmanager.has_plugin("quart_deferred")
+    assert TestHTTPConnection.as_response.__module__ == "quart.testing.connections"
+
+
+async def test_a_response_of_an_app_without_the_extension_is_unmarked():
+    app = Quart(__name__)
+
+    @app.get("/")
+    async def index():
+        return "ok"
+
+    response = await app.test_client().get("/")
+    assert not hasattr(response, "quart_deferred_exchange")
+"""
+
+
+def test_the_plugin_patches_nothing(project: pytest.Pytester) -> None:
+    """Loading the plugin leaves Quart's test client as it is, for every project's tests."""
+    project.makepyfile(test_untouched=UNTOUCHED_TESTS)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "test_untouched.py")
+    result.assert_outcomes(passed=2)
 
 
 async def test_wait_for_waits_for_that_request_only(app: Quart, deferred: QuartDeferred) -> None:

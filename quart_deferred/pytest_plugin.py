@@ -1,37 +1,23 @@
-"""The pytest plugin (entry point ``pytest11``): wait for one response's work, fail on errors.
+"""The pytest plugin (entry point ``pytest11``): strict mode for post-response work.
 
-Loaded by pytest whenever the package is installed; ``-p no:quart_deferred``
-turns it off. It does two things:
+Loaded by pytest whenever the package is installed (``-p no:quart_deferred``
+turns it off), it changes nothing in a test session unless a test asks for
+it: it registers one marker and one ini option, and patches nothing.
 
-- It marks each response from Quart's test client with the exchange that
-  produced it, so ``await deferred.wait_for(response)`` waits for that
-  request's post-response work alone.
-- Opt-in strict mode (``@pytest.mark.quart_deferred_strict``, or
-  ``quart_deferred_strict = true`` in the ini file) fails a test during which
-  post-response work failed or timed out, so a broken job cannot hide behind
-  a 201.
+Opt-in strict mode (``@pytest.mark.quart_deferred_strict``, or
+``quart_deferred_strict = true`` in the ini file) fails a test during which
+post-response work failed or timed out, so a broken job cannot hide behind a
+201. ``deferred.wait_for(response)`` needs no plugin (see _test_client.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator
 import logging
-from typing import Any
 
 import pytest
-from quart.testing.connections import TestHTTPConnection
-
-from .post_response import Exchange, RESPONSE_ATTRIBUTE
-from .state import SCOPE_KEY
 
 _STRICT = "quart_deferred_strict"
-_original_as_response = TestHTTPConnection.as_response
-
-
-async def _as_response(self: TestHTTPConnection) -> Any:
-    response = await _original_as_response(self)
-    setattr(response, RESPONSE_ATTRIBUTE, self.scope.get(SCOPE_KEY))
-    return response
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,13 +34,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{_STRICT}: fail the test if post-response work failed or timed out during it.",
     )
-    TestHTTPConnection.as_response = _as_response  # type: ignore[method-assign]
-    Exchange.track_work = True
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    TestHTTPConnection.as_response = _original_as_response  # type: ignore[method-assign]
-    Exchange.track_work = False
 
 
 class _Failures(logging.Handler):
@@ -90,6 +69,6 @@ def _runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 # Strict mode needs new-style hook wrappers (pytest 8+); on older pytest the
-# plugin still loads, and wait_for() still works.
+# plugin still loads, without it.
 if int(pytest.__version__.split(".")[0]) >= 8:
     pytest_runtest_call = pytest.hookimpl(wrapper=True)(_runtest_call)
