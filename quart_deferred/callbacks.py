@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("quart_deferred")
 
 ResponseT = TypeVar("ResponseT", bound=_BaseResponse)
-RequestCallback = Callable[[Any], Awaitable[Any] | Any]
+# Called with the response; returns None (changed in place) or a response that replaces it.
+RequestCallback = (
+    Callable[[Any], Awaitable[_BaseResponse | None]] | Callable[[Any], _BaseResponse | None]
+)
 C = TypeVar("C", bound=RequestCallback)
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from inspect import CO_COROUTINE
 import logging
 from types import FunctionType
-from typing import Any, overload, ParamSpec, TYPE_CHECKING, TypeVar
+from typing import Any, Concatenate, overload, ParamSpec, TYPE_CHECKING, TypeVar
 
 from hypercorn.typing import (
     ASGIReceiveCallable,
@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+A1 = TypeVar("A1")
+A2 = TypeVar("A2")
+A3 = TypeVar("A3")
+A4 = TypeVar("A4")
 F = TypeVar("F", bound=Callable[[], Any])
 _MISSING: Any = object()  # No function given: the decorator form.
 ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
@@ -478,15 +482,130 @@ class PostResponseMiddleware:
         return receive_lifespan
 
 
+# The call forms with `when=` or `key=`. PEP 612 cannot type keyword-only
+# parameters beside a ParamSpec's *args and **kwargs, so these check up to
+# four positional arguments against the function's first parameters
+# (Concatenate[..., ...]), and leave its keyword arguments unchecked. Without
+# `when=` and `key=`, the last overload checks every argument.
 @overload
 def after_this_response(*, when: When = "always", key: str | None = None) -> Callable[[F], F]: ...
 @overload
 def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
-    func: Callable[..., Any], /, *args: Any, key: str, when: When = "always", **kwargs: Any
+    func: Callable[..., Any], /, *, key: str, when: When = "always", **kwargs: Any
+) -> bool: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
+    func: Callable[Concatenate[A1, ...], Any],
+    a1: A1,
+    /,
+    *,
+    key: str,
+    when: When = "always",
+    **kwargs: Any,
+) -> bool: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
+    func: Callable[Concatenate[A1, A2, ...], Any],
+    a1: A1,
+    a2: A2,
+    /,
+    *,
+    key: str,
+    when: When = "always",
+    **kwargs: Any,
+) -> bool: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
+    func: Callable[Concatenate[A1, A2, A3, ...], Any],
+    a1: A1,
+    a2: A2,
+    a3: A3,
+    /,
+    *,
+    key: str,
+    when: When = "always",
+    **kwargs: Any,
+) -> bool: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # `key` is reserved, as `when` is.
+    func: Callable[Concatenate[A1, A2, A3, A4, ...], Any],
+    a1: A1,
+    a2: A2,
+    a3: A3,
+    a4: A4,
+    /,
+    *,
+    key: str,
+    when: When = "always",
+    **kwargs: Any,
+) -> bool: ...
+@overload
+def after_this_response(  # type: ignore[overload-overlap]  # Five positional arguments or more: not checked.
+    func: Callable[..., Any],
+    a1: Any,
+    a2: Any,
+    a3: Any,
+    a4: Any,
+    a5: Any,
+    /,
+    *args: Any,
+    key: str,
+    when: When = "always",
+    **kwargs: Any,
 ) -> bool: ...
 @overload
 def after_this_response(
-    func: Callable[..., R], /, *args: Any, when: When, **kwargs: Any
+    func: Callable[..., R], /, *, when: When, **kwargs: Any
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(
+    func: Callable[Concatenate[A1, ...], R], a1: A1, /, *, when: When, **kwargs: Any
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(
+    func: Callable[Concatenate[A1, A2, ...], R],
+    a1: A1,
+    a2: A2,
+    /,
+    *,
+    when: When,
+    **kwargs: Any,
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(
+    func: Callable[Concatenate[A1, A2, A3, ...], R],
+    a1: A1,
+    a2: A2,
+    a3: A3,
+    /,
+    *,
+    when: When,
+    **kwargs: Any,
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(
+    func: Callable[Concatenate[A1, A2, A3, A4, ...], R],
+    a1: A1,
+    a2: A2,
+    a3: A3,
+    a4: A4,
+    /,
+    *,
+    when: When,
+    **kwargs: Any,
+) -> Callable[..., R]: ...
+@overload
+def after_this_response(  # Five positional arguments or more: not checked.
+    func: Callable[..., R],
+    a1: Any,
+    a2: Any,
+    a3: Any,
+    a4: Any,
+    a5: Any,
+    /,
+    *args: Any,
+    when: When,
+    **kwargs: Any,
 ) -> Callable[..., R]: ...
 @overload
 def after_this_response(

@@ -125,7 +125,7 @@ BUILT_IN_ADAPTERS: tuple[QueueAdapter, ...] = (CeleryAdapter(), TaskiqAdapter())
 
 
 def enqueue_after_response(
-    task: Any, /, *args: Any, when: When = "success", key: str | None = None, **kwargs: Any
+    task: object, /, *args: Any, when: When = "success", key: str | None = None, **kwargs: Any
 ) -> bool:
     """Send ``task(*args, **kwargs)`` to its task queue once the response has been sent.
 

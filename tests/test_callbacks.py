@@ -101,7 +101,7 @@ async def test_bad_return_type_is_an_error_naming_the_callback(
 
     @app.get("/")
     async def index() -> str:
-        @after_this_request
+        @after_this_request  # type: ignore[type-var]  # Wrong on purpose.
         async def returns_a_number(response: Response) -> int:
             return 42
 
