@@ -14,7 +14,14 @@ from quart import Quart
 from quart.globals import _cv_app
 
 if TYPE_CHECKING:
+    from quart.ctx import AppContext
     from quart.wrappers import BaseRequestWebsocket
+
+
+def app_context() -> AppContext | None:
+    """The current app context, or ``None`` outside one (Quart's private ContextVar)."""
+    return _cv_app.get(None)
+
 
 _REPORT_TAKES_CONTEXT = "ctx" in inspect.signature(Quart.handle_background_exception).parameters
 

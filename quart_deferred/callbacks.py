@@ -17,20 +17,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from inspect import CO_COROUTINE
 import logging
-from types import FunctionType
 from typing import Any, TYPE_CHECKING, TypeVar
 
 import quart
-from quart.globals import _cv_app
 from quart.wrappers import Websocket
 from werkzeug.sansio.response import Response as _BaseResponse
 
-from ._compat import current_source
+from ._compat import app_context, current_source
 from .exceptions import ContextError, InvalidCallbackError
-from .jobs import _is_async, callable_name, describe, log_fields
-from .state import DISPATCHED, RequestState, SCOPE_KEY, state_on_g
+from .jobs import callable_name, describe, is_async, log_fields
+from .state import DISPATCHED, exchange_of, RequestState, state_on_g
 
 if TYPE_CHECKING:
     from .post_response import Exchange
@@ -79,12 +76,8 @@ def after_this_request(func: C) -> C:
                 "connection has closed."
             )
         raise ContextError(msg)
-    if type(func) is FunctionType and func.__code__.co_flags & CO_COROUTINE:
-        is_async = True  # An async def function, told without a call: the common case.
-    else:
-        is_async = _is_async(func, "after_this_request")
-    # state.exchange_of(), inlined as in _defer(): this is every registration's path.
-    exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
+    awaited = is_async(func, "after_this_request")
+    exchange = exchange_of(source)
     state: Exchange | RequestState
     if exchange is None:
         state = state_on_g(source)
@@ -113,7 +106,7 @@ def after_this_request(func: C) -> C:
         # Bound to this request's list, so the dispatcher looks nothing up; Quart's
         # ensure_async sees through a partial to the async function.
         quart.after_this_request(partial(run_request_callbacks, state))
-    callbacks.append((func, is_async))
+    callbacks.append((func, awaited))
     return func
 
 
@@ -124,11 +117,13 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
     # Each is taken off the list before it is called, so it is never called twice.
     # `while`, not `for`: callbacks may register further callbacks.
     while callbacks:
-        func, is_async = callbacks.popleft()
-        if is_async:
+        func, awaited = callbacks.popleft()
+        if awaited:
             result = await func(response)
         else:
-            result = await _cv_app.get().app.ensure_async(func)(response)
+            app_ctx = app_context()
+            assert app_ctx is not None  # An after_request function runs in one.
+            result = await app_ctx.app.ensure_async(func)(response)
         if result is None:
             continue
         if not isinstance(result, _BaseResponse):

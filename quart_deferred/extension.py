@@ -14,10 +14,9 @@ import weakref
 
 import anyio
 from quart import Quart
-from quart.globals import _cv_app
 from quart.signals import got_websocket_exception
 
-from ._compat import current_source
+from ._compat import app_context, current_source
 from ._config import (
     DEFAULTS,
     log_arguments,
@@ -29,7 +28,7 @@ from ._config import (
 from ._test_client import exchange_of_response
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import _is_async, Batch, callable_name, check_when, make_job, When
+from .jobs import Batch, callable_name, check_when, is_async, Job, When
 from .metrics import Stats
 from .post_response import (
     Exchange,
@@ -187,8 +186,8 @@ class QuartDeferred:
         check_when(when, "after_response")
 
         def register(hook: HookT) -> HookT:
-            is_async = _is_async(hook, "after_response")
-            self.hooks = (*self.hooks, Hook(hook, is_async, _takes_delivery(hook), when))
+            awaited = is_async(hook, "after_response")
+            self.hooks = (*self.hooks, Hook(hook, awaited, _takes_delivery(hook), when))
             for app in self._apps:
                 _install_capture(app.extensions["quart_deferred"])
             return hook
@@ -218,7 +217,7 @@ class QuartDeferred:
         Arguments:
             func: The function to call; ``async def`` functions are awaited.
         """
-        job = make_job(func, args, kwargs, "always", "start_soon")
+        job = Job(func, args, kwargs, is_async(func, "start_soon"), "always")
         if not on_event_loop():
             msg = (
                 "deferred.start_soon() was called with no event loop running in this "
@@ -227,7 +226,7 @@ class QuartDeferred:
             )
             raise ContextError(msg)
         state = self._state(None)
-        app_ctx = _cv_app.get(None)
+        app_ctx = app_context()
         fresh = app_ctx is None or app_ctx.app is not state.app
         if state.admitting:
             state.admit(func, "start_soon")
@@ -244,7 +243,7 @@ class QuartDeferred:
             timeout: Seconds to wait at most; then the built-in ``TimeoutError``.
             app: Which app's work; defaults to the current app, or the only bound one.
         """
-        if app is None and _cv_app.get(None) is None:
+        if app is None and app_context() is None:
             states = [self._state(bound) for bound in list(self._apps)]
         else:
             states = [self._state(app)]
@@ -304,7 +303,7 @@ class QuartDeferred:
         if app is not None:
             _check_app(app, "app=")
         else:
-            app_ctx = _cv_app.get(None)
+            app_ctx = app_context()
             if app_ctx is not None:
                 app = app_ctx.app
             elif len(self._apps) == 1:

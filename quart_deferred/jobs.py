@@ -10,7 +10,7 @@ import functools
 import inspect
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
 from types import FunctionType
-from typing import Any, Literal, TYPE_CHECKING
+from typing import Any, get_args, Literal, TYPE_CHECKING
 
 from .exceptions import InvalidCallbackError, InvalidOptionError
 
@@ -26,7 +26,6 @@ _GENERATOR_FLAGS = CO_GENERATOR | CO_ASYNC_GENERATOR
 NO_KWARGS: dict[str, Any] = {}
 
 When = Literal["always", "success", "failure"]
-WHEN_VALUES: tuple[When, ...] = ("always", "success", "failure")
 
 
 @dataclass(slots=True, eq=False)
@@ -147,27 +146,14 @@ def printable(text: str) -> str:
 
 
 def check_when(when: object, caller: str) -> When:
-    if when not in WHEN_VALUES:
+    if when not in get_args(When):
         msg = (
             f"{caller}() got when={when!r}. Use one of 'always' (run however the "
             "exchange ended), 'success' (complete response, status below 400) or "
             "'failure' (everything else)."
         )
         raise InvalidOptionError(msg)
-    return when
-
-
-def make_job(
-    func: object,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    when: When,
-    caller: str,
-    key: str | None = None,
-) -> Job:
-    """Check that *func* is something we can call later, and wrap it in a Job."""
-    is_async = _is_async(func, caller)
-    return Job(func, args, kwargs, is_async, when, key)  # type: ignore[arg-type]
+    return when  # type: ignore[return-value]  # One of get_args(When), checked above.
 
 
 def check_key(key: object, caller: str) -> str | None:
@@ -180,10 +166,18 @@ def check_key(key: object, caller: str) -> str | None:
     raise InvalidOptionError(msg)
 
 
-def _is_async(func: object, caller: str) -> bool:
-    if type(func) is FunctionType and not func.__code__.co_flags & _GENERATOR_FLAGS:
-        # The common case, answered without inspect: a plain `def` or `async def`.
-        return bool(func.__code__.co_flags & CO_COROUTINE) or inspect.iscoroutinefunction(func)
+def is_async(func: object, caller: str) -> bool:
+    """Whether *func* is to be awaited; a clear error for what cannot be called later.
+
+    On every registration's path: an ``async def`` function is told by its code
+    flags alone, before anything else is looked at.
+    """
+    if type(func) is FunctionType:
+        flags = func.__code__.co_flags
+        if flags & CO_COROUTINE:
+            return True
+        if not flags & _GENERATOR_FLAGS:  # A plain `def`, unless marked as a coroutine function.
+            return inspect.iscoroutinefunction(func)
     if inspect.iscoroutinefunction(func):
         return True
     if not callable(func):

@@ -53,9 +53,6 @@ class LatencyRecorder:
         self.samples: list[float] = []  # Recorded, not yet folded in.
         self.window: deque[float] = deque(maxlen=WINDOW)
 
-    def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
-
     def fold(self) -> None:
         samples = self.samples
         if samples:

@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from dataclasses import dataclass
-from inspect import CO_COROUTINE
 import logging
-from types import FunctionType
 from typing import Any, Concatenate, overload, ParamSpec, TYPE_CHECKING, TypeVar
 
 from hypercorn.typing import (
@@ -37,17 +35,17 @@ from ._test_client import mark_response
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError
 from .jobs import (
-    _is_async,
     Batch,
     check_key,
     check_when,
     describe,
+    is_async,
     Job,
     log_fields,
     NO_KWARGS,
     When,
 )
-from .state import cannot_add_work, SCOPE_KEY
+from .state import cannot_add_work, exchange_of, SCOPE_KEY
 
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
@@ -377,7 +375,7 @@ class WebsocketExchange(Exchange):
 async def websocket_failed(sender: Quart, exception: BaseException) -> None:
     """Mark the current websocket's exchange as failed (a ``got_websocket_exception`` receiver)."""
     source = current_source()
-    exchange = None if source is None else source.scope.get(SCOPE_KEY)
+    exchange = None if source is None else exchange_of(source)
     if isinstance(exchange, WebsocketExchange):
         exchange.failed = True
 
@@ -646,15 +644,15 @@ def after_this_response(func: Any = _MISSING, /, *args: Any, **kwargs: Any) -> A
     if func is _MISSING:
 
         def decorator(decorated: F) -> F:
-            _defer(decorated, (), {}, when, key)
+            defer(decorated, (), {}, when, key)
             return decorated
 
         return decorator
-    scheduled = _defer(func, args, kwargs, when, key)
+    scheduled = defer(func, args, kwargs, when, key)
     return func if key is None else scheduled
 
 
-def _defer(
+def defer(
     func: object,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
@@ -662,11 +660,7 @@ def _defer(
     key: str | None,
     caller: str = "after_this_response",
 ) -> bool:
-    if type(func) is FunctionType and func.__code__.co_flags & CO_COROUTINE:
-        is_async = True  # An async def function, told without a call: the common case.
-    else:
-        is_async = _is_async(func, caller)
-    job = Job(func, args, kwargs or NO_KWARGS, is_async, when, key)  # type: ignore[arg-type]
+    job = Job(func, args, kwargs or NO_KWARGS, is_async(func, caller), when, key)  # type: ignore[arg-type]
     source = current_source()
     if source is None:
         msg = (
@@ -675,9 +669,7 @@ def _defer(
             "to start work from elsewhere, use deferred.start_soon(func, ...)."
         )
         raise ContextError(msg)
-    # state.exchange_of() and Exchange.batch_for(), inlined: one call less each on
-    # every registration's path.
-    exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
+    exchange = exchange_of(source)
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
     exchange.source = source

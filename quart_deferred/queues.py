@@ -20,9 +20,8 @@ import sys
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import anyio
-from quart.globals import _cv_app
 
-from ._compat import current_source
+from ._compat import app_context, current_source
 from ._config import (
     ArgumentRedactor,
     bounded_repr,
@@ -39,7 +38,7 @@ from .exceptions import (
     NotInitialisedError,
 )
 from .jobs import check_key, check_when, When
-from .post_response import _defer
+from .post_response import defer
 
 BACKOFF = 0.1  # Seconds before the first retry; doubled for each one after.
 
@@ -155,7 +154,7 @@ def enqueue_after_response(
     caller = "enqueue_after_response"
     when = check_when(when, caller)
     key = check_key(key, caller)
-    app_ctx = _cv_app.get(None)
+    app_ctx = app_context()
     if current_source() is None or app_ctx is None:
         msg = (
             "enqueue_after_response() was called outside a request or websocket, where "
@@ -178,7 +177,7 @@ def enqueue_after_response(
         timeout=seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT"),
         show=log_arguments(config),
     )
-    return _defer(send, (), {}, when, key, caller)
+    return defer(send, (), {}, when, key, caller)
 
 
 def _prepared(
@@ -269,7 +268,9 @@ class _Send:
         if not self.on_thread:
             await self.adapter.send(self.task, self.args, self.kwargs)
             return
-        runner = _cv_app.get().app.extensions["quart_deferred"].runner()
+        app_ctx = app_context()
+        assert app_ctx is not None  # A job runs in an app context.
+        runner = app_ctx.app.extensions["quart_deferred"].runner()
         await runner.call_on_thread(self.adapter.send, self.task, self.args, self.kwargs)
 
     def _give_up(self, attempts: int, error: Exception) -> NoReturn:

@@ -19,8 +19,7 @@ import asyncio
 from collections import deque
 from typing import Any, TYPE_CHECKING
 
-from quart.globals import _cv_app
-
+from ._compat import app_context
 from .exceptions import ContextError
 from .jobs import describe
 
@@ -56,7 +55,9 @@ def exchange_of(source: BaseRequestWebsocket) -> Exchange | None:
 
 def state_on_g(source: BaseRequestWebsocket) -> RequestState:
     """Return the state kept on ``g`` for *source*, creating it on first use."""
-    g = _cv_app.get().g
+    app_ctx = app_context()
+    assert app_ctx is not None  # A request context implies an app context.
+    g = app_ctx.g
     # g.__dict__, not getattr(): Flask's g raises and catches on a miss (1.5 µs).
     state: RequestState | None = g.__dict__.get(G_KEY)
     # `g` can outlive one request (an app context pushed around several test

@@ -56,9 +56,9 @@ async def test_stats_measure_the_wait_and_the_duration_of_jobs(
 def test_quantiles_cover_the_last_window_of_jobs() -> None:
     recorder = LatencyRecorder()
     for _ in range(WINDOW):
-        recorder.add(10.0)  # Old samples, pushed out of the window below.
+        recorder.samples.append(10.0)  # Old samples, pushed out of the window below.
     for millis in range(1, 101):
-        recorder.add(millis / 1000)
+        recorder.samples.append(millis / 1000)
     assert Latency() == LatencyRecorder().snapshot()
     latency = recorder.snapshot()
     assert latency.count == WINDOW + 100 and latency.max == 10.0
@@ -66,7 +66,7 @@ def test_quantiles_cover_the_last_window_of_jobs() -> None:
     assert latency.p50 == 10.0  # 924 of the last 1,024 samples are 10 s.
     recorder.window.clear()
     for millis in range(1, 101):
-        recorder.add(millis / 1000)
+        recorder.samples.append(millis / 1000)
     assert (recorder.snapshot().p50, recorder.snapshot().p99) == (0.05, 0.099)
 
 
