@@ -2,15 +2,23 @@
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "reliability"]
 nox.options.reuse_existing_virtualenvs = True
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite; extra arguments go to pytest (``nox -s tests -- -k runner``)."""
+    """Run the test suite but the reliability tests; extra arguments go to pytest
+    (``nox -s tests -- -k runner``)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-m", "not reliability", *session.posargs)
+
+
+@nox.session
+def reliability(session: nox.Session) -> None:
+    """Run the long load and fault tests (about 90 s; ``RELIABILITY_REQUESTS=2000`` is quicker)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "reliability", *session.posargs)
 
 
 @nox.session

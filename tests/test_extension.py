@@ -31,12 +31,22 @@ def test_config_defaults_are_visible_and_init_arguments_override() -> None:
     assert app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] == 1.5
 
 
-def test_factory_form_and_asgi_app_wrapping() -> None:
+async def test_factory_form_and_asgi_app_wrapping() -> None:
+    """init_app binds later; the app stays the Quart app that servers load, and runs the work."""
     deferred = QuartDeferred()
     app = Quart(__name__)
     deferred.init_app(app)
     assert app.extensions["quart_deferred"].extension is deferred
-    assert isinstance(app, Quart)  # `quart run` still sees a Quart app.
+    ran = asyncio.Event()
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(ran.set)
+        return "ok"
+
+    response = await app.test_client().get("/")  # Through app(), as a server calls it.
+    assert response.status_code == 200
+    await wait(ran.wait())
 
 
 async def test_a_middleware_installed_before_the_extension_stays_in_the_chain() -> None:
@@ -169,16 +179,25 @@ async def test_app_wide_hooks_run_after_the_requests_own_work(
     ]
 
 
-def test_hook_registered_before_init_app_is_installed() -> None:
+async def test_hook_registered_before_init_app_is_installed() -> None:
+    """An app-wide hook registered before init_app still runs after each request."""
     deferred = QuartDeferred()
+    calls: list[str] = []
 
     @deferred.after_response
     def hook() -> None:
-        pass
+        calls.append("hook")
 
     app = Quart(__name__)
     deferred.init_app(app)
-    assert app.before_request_funcs[None][0] == app.extensions["quart_deferred"].capture_context
+
+    @app.get("/")
+    async def index() -> str:
+        return "ok"
+
+    await app.test_client().get("/")
+    await deferred.join(timeout=5)
+    assert calls == ["hook"]
 
 
 def test_hook_with_too_many_parameters_is_refused() -> None:

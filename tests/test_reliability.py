@@ -1,7 +1,9 @@
 """Every callback accounted for under load, faults and crowded threads, on a real hypercorn.
 
 These are the figures the README's "Reliability" section quotes. Each test is
-bounded in requests and time, and talks to 127.0.0.1 only.
+bounded in requests and time, and talks to 127.0.0.1 only. They take about
+90 s, so they carry the ``reliability`` marker: ``nox -s tests`` leaves them
+out, ``nox -s reliability`` runs them (the README's test command runs both).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from quart_deferred import after_this_request, after_this_response, QuartDeferre
 
 from .conftest import add_up, until, wait
 from .servers import connections_open, running
+
+pytestmark = pytest.mark.reliability
 
 # The figures in the README's "Reliability" section; set fewer for a quick local run.
 REQUESTS = int(os.environ.get("RELIABILITY_REQUESTS", "20000"))
@@ -324,8 +328,9 @@ async def test_blocking_sync_callbacks_do_not_freeze_the_app(
 async def test_isolation_every_callback_sees_its_own_request_g_and_session(
     app: Quart, deferred: QuartDeferred
 ) -> None:
-    """10,000 requests in flight at once, each with its own user in g and the session."""
-    count = 10_000
+    """Half of RELIABILITY_REQUESTS (10,000) in flight at once, each with its own user in g and
+    the session."""
+    count = REQUESTS // 2  # 10,000 by default.
     all_in = asyncio.Event()
     arrived = 0
     seen: dict[int, tuple[Any, ...]] = {}
