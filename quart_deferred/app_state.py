@@ -13,33 +13,36 @@ import asyncio
 from collections import ChainMap
 from collections.abc import AsyncGenerator, Mapping
 import logging
-from typing import Any, TYPE_CHECKING
+from typing import Any, Protocol
 
 from quart import Quart
 
 from ._compat import current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from .exceptions import OverloadedError
-from .jobs import callable_name, describe, log_fields
+from .jobs import callable_name, describe, Hook, log_fields
 from .metrics import Counters
 from .runner import TaskRunner
-from .state import exchange_of
-
-if TYPE_CHECKING:
-    from .extension import QuartDeferred
 
 logger = logging.getLogger("quart_deferred")
+
+
+class Owner(Protocol):
+    """What an app's state reads of the QuartDeferred it belongs to."""
+
+    overrides: dict[str, Any]  # Init arguments, as config keys: they win over app.config.
+    hooks: tuple[Hook, ...]  # App-wide @deferred.after_response functions, added to later.
+    queues: tuple[Any, ...]  # The queues.QueueAdapter instances added with add_queue().
 
 
 class AppState:
     """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``."""
 
-    def __init__(self, extension: QuartDeferred, app: Quart) -> None:
+    def __init__(self, extension: Owner, app: Quart) -> None:
         self.extension = extension
         self.app = app
         self.counters = Counters()
         self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
-        self.capturing = False
         # Whether registrations must call admit(): until the limit has been read,
         # and then only while there is one. Checked on every registration.
         self.admitting = True
@@ -182,11 +185,3 @@ class AppState:
         runner = self.current_runner
         if runner is not None and not runner.closed:
             await runner.shutdown(seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
-
-    async def capture_context(self) -> None:
-        """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
-        source = current_source()
-        if source is not None:
-            exchange = exchange_of(source)
-            if exchange is not None and not exchange.finished:
-                exchange.batch_for(source)

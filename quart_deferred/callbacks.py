@@ -1,7 +1,7 @@
 """Deferred request callbacks: Flask's ``after_this_request`` recipe on Quart's ``g``.
 
 ``after_this_request`` stores callbacks on the request's exchange (or, without
-one, on ``g``; see state.py). On the first one in a request, it hands
+one, on ``g``; see _request.py). On the first one in a request, it hands
 :func:`run_request_callbacks`, bound to that list's owner, to Quart's own
 per-request ``after_this_request``, so
 that Quart calls it with the response before the blueprint and app
@@ -18,19 +18,16 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 import logging
-from typing import Any, TYPE_CHECKING, TypeVar
+from typing import Any, TypeVar
 
 import quart
 from quart.wrappers import Websocket
 from werkzeug.sansio.response import Response as _BaseResponse
 
 from ._compat import app_context, current_source
+from ._request import DISPATCHED, exchange_of, RequestRecord, RequestState, state_on_g
 from .exceptions import ContextError, InvalidCallbackError
 from .jobs import callable_name, describe, is_async, log_fields
-from .state import DISPATCHED, exchange_of, RequestState, state_on_g
-
-if TYPE_CHECKING:
-    from .post_response import Exchange
 
 logger = logging.getLogger("quart_deferred")
 
@@ -77,8 +74,8 @@ def after_this_request(func: C) -> C:
             )
         raise ContextError(msg)
     awaited = is_async(func, "after_this_request")
-    exchange = exchange_of(source)
-    state: Exchange | RequestState
+    exchange: RequestRecord | None = exchange_of(source)
+    state: RequestRecord | RequestState
     if exchange is None:
         state = state_on_g(source)
     elif exchange.finished or exchange.start is not None:
@@ -110,7 +107,9 @@ def after_this_request(func: C) -> C:
     return func
 
 
-async def run_request_callbacks(state: Exchange | RequestState, response: ResponseT) -> ResponseT:
+async def run_request_callbacks(
+    state: RequestRecord | RequestState, response: ResponseT
+) -> ResponseT:
     """Call the request's deferred callbacks in order (an ``after_request`` function)."""
     callbacks = state.request_callbacks
     assert callbacks is not None  # Registered with the first callback.
@@ -140,7 +139,7 @@ async def run_request_callbacks(state: Exchange | RequestState, response: Respon
     return response
 
 
-def log_callbacks_not_run(exchange: Exchange) -> None:
+def log_callbacks_not_run(exchange: RequestRecord) -> None:
     """Log each ``after_this_request`` callback the exchange ended without calling."""
     for func, _ in exchange.request_callbacks or ():
         name = callable_name(func)

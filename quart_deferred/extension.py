@@ -25,19 +25,14 @@ from ._config import (
     seconds,
     whole_number,
 )
+from ._request import on_event_loop
 from ._test_client import exchange_of_response
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import Batch, callable_name, check_when, is_async, Job, When
+from .jobs import Batch, callable_name, check_when, Hook, is_async, Job, When
 from .metrics import Stats
-from .post_response import (
-    Exchange,
-    Hook,
-    PostResponseMiddleware,
-    websocket_failed,
-)
+from .post_response import capture_context, Exchange, PostResponseMiddleware, websocket_failed
 from .queues import QueueAdapter
-from .state import on_event_loop
 
 P = ParamSpec("P")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
@@ -159,7 +154,7 @@ class QuartDeferred:
         got_websocket_exception.connect(websocket_failed, app, weak=False)
         self._apps.add(app)
         if self.hooks:
-            _install_capture(state)
+            _install_capture(app)
 
     # App-wide hooks
 
@@ -189,7 +184,7 @@ class QuartDeferred:
             awaited = is_async(hook, "after_response")
             self.hooks = (*self.hooks, Hook(hook, awaited, _takes_delivery(hook), when))
             for app in self._apps:
-                _install_capture(app.extensions["quart_deferred"])
+                _install_capture(app)
             return hook
 
         return register if func is _MISSING else register(func)
@@ -330,12 +325,12 @@ def _check_app(app: object, where: str) -> None:
         raise InvalidOptionError(msg)
 
 
-def _install_capture(state: AppState) -> None:
+def _install_capture(app: Quart) -> None:
     # First among the app's before_request functions, so a function that
     # answers early cannot leave the hooks without the request's context.
-    if not state.capturing:
-        state.app.before_request_funcs.setdefault(None, []).insert(0, state.capture_context)
-        state.capturing = True
+    functions = app.before_request_funcs.setdefault(None, [])
+    if capture_context not in functions:
+        functions.insert(0, capture_context)
 
 
 def _takes_delivery(func: Callable[..., Any]) -> bool:

@@ -28,6 +28,20 @@ NO_KWARGS: dict[str, Any] = {}
 When = Literal["always", "success", "failure"]
 
 
+@dataclass(frozen=True, slots=True)
+class Hook:
+    """An app-wide post-response function registered with ``@deferred.after_response``."""
+
+    func: Callable[..., Any]
+    is_async: bool
+    takes_delivery: bool
+    when: When
+
+    def job_for(self, delivery: object) -> Job:
+        args = (delivery,) if self.takes_delivery else ()
+        return Job(self.func, args, {}, self.is_async, self.when)
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One deferred call: ``func(*args, **kwargs)``, run once ``when`` matches."""

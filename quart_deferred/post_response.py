@@ -31,6 +31,7 @@ from quart import Quart
 from werkzeug.datastructures import Headers
 
 from ._compat import current_source, from_test_client
+from ._request import cannot_add_work, exchange_of, SCOPE_KEY
 from ._test_client import mark_response
 from .callbacks import log_callbacks_not_run
 from .exceptions import ContextError
@@ -39,20 +40,20 @@ from .jobs import (
     check_key,
     check_when,
     describe,
+    Hook,
     is_async,
     Job,
     log_fields,
     NO_KWARGS,
     When,
 )
-from .state import cannot_add_work, exchange_of, SCOPE_KEY
 
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
+    from ._request import RequestCallbacks
     from .app_state import AppState
     from .runner import TaskRunner
-    from .state import RequestCallbacks
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,24 +103,10 @@ def _successful(complete: bool, status: int | None) -> bool:
     return complete and status is not None and status < 400
 
 
-@dataclass(frozen=True, slots=True)
-class Hook:
-    """An app-wide post-response function registered with ``@deferred.after_response``."""
-
-    func: Callable[..., Any]
-    is_async: bool
-    takes_delivery: bool
-    when: When
-
-    def job_for(self, delivery: Delivery) -> Job:
-        args = (delivery,) if self.takes_delivery else ()
-        return Job(self.func, args, {}, self.is_async, self.when)
-
-
 class Exchange:
     """One HTTP request as the ASGI layer sees it.
 
-    It is also where the request keeps what it registers (see state.py): its
+    It is also where the request keeps what it registers (see _request.py): its
     ``after_this_request`` callbacks, and the batch of post-response jobs
     that it hands to the runner once the response is out. Every request
     makes one, so it holds only what a request that registers nothing needs.
@@ -370,6 +357,15 @@ class WebsocketExchange(Exchange):
             if self._held is not None:
                 self._held.release()
                 self._held = None
+
+
+async def capture_context() -> None:
+    """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
+    source = current_source()
+    if source is not None:
+        exchange: Exchange | None = exchange_of(source)
+        if exchange is not None and not exchange.finished:
+            exchange.batch_for(source)
 
 
 async def websocket_failed(sender: Quart, exception: BaseException) -> None:
@@ -669,7 +665,7 @@ def defer(
             "to start work from elsewhere, use deferred.start_soon(func, ...)."
         )
         raise ContextError(msg)
-    exchange = exchange_of(source)
+    exchange: Exchange | None = exchange_of(source)
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
     exchange.source = source

@@ -1,8 +1,8 @@
-"""Finding a request's state: the exchange it came through, or ``g`` without one.
+"""A request's record of what it registered: the exchange it came through, or ``g``.
 
 A request that came through the ASGI layer has an
 :class:`~quart_deferred.post_response.Exchange` in its scope, one dictionary
-lookup away, never shared with another request. The exchange holds both
+lookup away (:func:`exchange_of`), never shared with another request. The exchange holds both
 kinds of callback: the ``after_this_request`` list that the response-phase
 dispatcher consumes, and the batch of post-response jobs that it hands to
 the runner once the response is out.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, TYPE_CHECKING
+from typing import Any, Protocol, TYPE_CHECKING
 
 from ._compat import app_context
 from .exceptions import ContextError
@@ -26,8 +26,6 @@ from .jobs import describe
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-    from .post_response import Exchange
-
 G_KEY = "_quart_deferred"
 SCOPE_KEY = "quart_deferred.exchange"
 
@@ -35,6 +33,15 @@ SCOPE_KEY = "quart_deferred.exchange"
 RequestCallbacks = deque[tuple[Any, bool]]
 # A request's callbacks once the dispatcher has called them all: empty, and closed.
 DISPATCHED: RequestCallbacks = deque(maxlen=0)
+
+
+class RequestRecord(Protocol):
+    """What ``after_this_request`` needs of an exchange (post_response.Exchange is one)."""
+
+    source: BaseRequestWebsocket | None  # The request, once it has registered something.
+    request_callbacks: RequestCallbacks | None  # Those not called yet.
+    finished: bool  # The response is complete, or the exchange is over.
+    start: dict[str, Any] | None  # The response's start message, once sent.
 
 
 class RequestState:
@@ -47,10 +54,14 @@ class RequestState:
         self.request_callbacks: RequestCallbacks | None = None
 
 
-def exchange_of(source: BaseRequestWebsocket) -> Exchange | None:
-    """Return the exchange *source* came through (``None`` without the ASGI layer)."""
-    exchange: Exchange | None = source.scope.get(SCOPE_KEY)  # type: ignore[assignment]
-    return exchange
+def exchange_of(source: BaseRequestWebsocket) -> Any:
+    """Return the exchange *source* came through (``None`` without the ASGI layer).
+
+    Typed ``Any`` so this module need not know the exchange's class: callers
+    annotate what they read (a :class:`RequestRecord`, or post_response's
+    ``Exchange`` itself), and only the middleware puts anything under the key.
+    """
+    return source.scope.get(SCOPE_KEY)
 
 
 def state_on_g(source: BaseRequestWebsocket) -> RequestState:
