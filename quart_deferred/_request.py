@@ -26,6 +26,9 @@ from .jobs import describe
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
+    from .app_state import AppState
+    from .jobs import Batch
+
 G_KEY = "_quart_deferred"
 SCOPE_KEY = "quart_deferred.exchange"
 
@@ -42,6 +45,13 @@ class RequestRecord(Protocol):
     request_callbacks: RequestCallbacks | None  # Those not called yet.
     finished: bool  # The response is complete, or the exchange is over.
     start: dict[str, Any] | None  # The response's start message, once sent.
+
+
+class WorkRecord(RequestRecord, Protocol):
+    """What post-response registrations need of an exchange (_asgi.Exchange is one)."""
+
+    app_state: AppState  # The app's counters, keys and runner.
+    batch: Batch | None  # The request's post-response jobs and context, from its first job.
 
 
 class RequestState:

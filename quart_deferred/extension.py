@@ -16,6 +16,7 @@ import anyio
 from quart import Quart
 from quart.signals import got_websocket_exception
 
+from ._asgi import capture_context, Exchange, PostResponseMiddleware, websocket_failed
 from ._compat import app_context, current_source
 from ._config import (
     DEFAULTS,
@@ -31,7 +32,6 @@ from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import Batch, callable_name, check_when, Hook, is_async, Job, When
 from .metrics import Stats
-from .post_response import capture_context, Exchange, PostResponseMiddleware, websocket_failed
 from .queues import QueueAdapter
 
 P = ParamSpec("P")

@@ -1,39 +1,27 @@
-"""Post-response work: an ASGI layer that sees the response go out complete.
+"""Post-response work: ``after_this_response``, and what an ended exchange's work is.
 
-:class:`PostResponseMiddleware` wraps ``app.asgi_app``. For each HTTP exchange
-it watches the messages the app sends; once the server has accepted every
-byte the client was promised (body bytes reaching the content-length, or the
-final message of a response without one), the response is complete, and the
-request's post-response jobs are handed to the runner, which runs them on
-tasks of its own: never on the response path, and never in Quart's handler
-task (which the server's ``http.disconnect`` would cancel). If the exchange
-ends without a complete response (client gone, crash, response timeout), the
-jobs are handed over when the ASGI call ends. Websocket work is handed over
-when the connection's ASGI call ends.
+A request registers jobs with :func:`after_this_response` (and
+``enqueue_after_response``, through :func:`defer`) on the exchange that the
+ASGI layer (_asgi.py) keeps in its scope. That layer watches the response
+go out and, once the exchange is over, reports how it ended to
+:func:`hand_over`, which applies each job's ``when`` (``"success"``: the
+response was complete and its status below 400), adds the app-wide hooks
+with their :class:`Delivery`, and hands what runs to the runner.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import Callable
 from contextvars import Context, copy_context
 from dataclasses import dataclass
 import logging
 from typing import Any, Concatenate, overload, ParamSpec, TYPE_CHECKING, TypeVar
 
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGIReceiveEvent,
-    ASGISendCallable,
-    ASGISendEvent,
-    Scope,
-)
-from quart import Quart
 from werkzeug.datastructures import Headers
 
-from ._compat import current_source, from_test_client
-from ._request import cannot_add_work, exchange_of, SCOPE_KEY
-from ._test_client import mark_response
-from .callbacks import log_callbacks_not_run
+from ._compat import current_source
+from ._request import cannot_add_work, exchange_of, WorkRecord
 from .exceptions import ContextError
 from .jobs import (
     Batch,
@@ -51,7 +39,6 @@ from .jobs import (
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-    from ._request import RequestCallbacks
     from .app_state import AppState
     from .runner import TaskRunner
 
@@ -63,7 +50,6 @@ A3 = TypeVar("A3")
 A4 = TypeVar("A4")
 F = TypeVar("F", bound=Callable[[], Any])
 _MISSING: Any = object()  # No function given: the decorator form.
-ASGIApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Awaitable[None]]
 
 logger = logging.getLogger("quart_deferred")
 
@@ -103,377 +89,80 @@ def _successful(complete: bool, status: int | None) -> bool:
     return complete and status is not None and status < 400
 
 
-class Exchange:
-    """One HTTP request as the ASGI layer sees it.
+def _matches(when: When, successful: bool) -> bool:
+    """Whether work registered with *when* runs for an exchange that was (not) *successful*."""
+    return when == "always" or (when == "success") is successful
 
-    It is also where the request keeps what it registers (see _request.py): its
-    ``after_this_request`` callbacks, and the batch of post-response jobs
-    that it hands to the runner once the response is out. Every request
-    makes one, so it holds only what a request that registers nothing needs.
+
+def hand_over(
+    app_state: AppState,
+    runner: TaskRunner,
+    batch: Batch | None,
+    source: BaseRequestWebsocket | None,
+    hooks: tuple[Hook, ...],
+    complete: bool,
+    start: dict[str, Any] | None,
+    *,
+    track: bool = False,
+) -> asyncio.Future[list[BaseException]] | None:
+    """Hand an ended exchange's work to *runner*, as its ``when`` and the app's hooks decide.
+
+    The ASGI layer calls this once per exchange that has work or hooks, with
+    what it saw: whether the response was *complete*, and its *start*
+    message (status and headers), if one went out. This is the one place
+    that applies ``when``, adds the app-wide hooks with their
+    :class:`Delivery`, and counts and logs skipped work. With *track* (the
+    test client), it returns a future that settles when the work has ended,
+    for ``deferred.wait_for(response)``.
     """
+    status: int | None = None if start is None else start["status"]
+    successful = _successful(complete, status)
+    jobs: list[Job]
+    if batch is None:  # App-wide hooks for a request that never reached Quart's hooks.
+        jobs = []
+        batch = Batch(jobs, Context(), source, fresh_app_context=True)
+    else:
+        jobs = batch.jobs
+        app_state.counters.held -= len(jobs)  # Registered: now waiting, or skipped below.
+    batch.status = status  # For tracing, and for the line that logs a skipped job.
+    for job in jobs:
+        if job.when != "always":  # Only then is there anything to filter out.
+            jobs = batch.jobs = [
+                job for job in jobs if _runs(app_state, job, complete, successful, batch)
+            ]
+            break
+    if hooks:
+        headers = () if start is None else tuple(start.get("headers", ()))
+        delivery = Delivery(status, complete, headers)
+        jobs.extend(hook.job_for(delivery) for hook in hooks if _matches(hook.when, successful))
+    if not jobs:
+        return None
+    done = None
+    if track:
+        done = batch.done = runner.loop.create_future()
+        batch.errors = []
+    runner.submit(batch)
+    return done
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "app_state",
-        "batch",
-        "disconnected",
-        "finished",
-        "hooks",
-        "remaining",
-        "request_callbacks",
-        "source",
-        "start",
-        "work_done",  # Only with track_work; read with getattr().
+
+def _runs(app_state: AppState, job: Job, complete: bool, successful: bool, batch: Batch) -> bool:
+    """Whether *job* runs for how the exchange ended; a job that does not is skipped."""
+    if _matches(job.when, successful):
+        return True
+    app_state.counters.skipped += 1
+    if job.key is not None:
+        app_state.keys.discard(job.key)
+    name = job.name
+    logger.debug(
+        "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",
+        name,
+        describe(batch.source),
+        job.when,
+        batch.status,
+        "complete" if complete else "incomplete",
+        extra=log_fields(name, batch.source),
     )
-    # Keep a future that settles when the exchange's work has ended, for
-    # ``deferred.wait_for(response)``: true for TestClientExchange only.
-    track_work = False
-
-    def __init__(
-        self,
-        app_state: AppState,
-        send: ASGISendCallable,
-        receive: ASGIReceiveCallable,
-        hooks: tuple[Hook, ...],
-    ) -> None:
-        self.app_state = app_state
-        self._send = send
-        self._receive = receive
-        self.disconnected = False  # The server has reported http.disconnect.
-        # The request, once it has registered something; for log lines.
-        self.source: BaseRequestWebsocket | None = None
-        self.request_callbacks: RequestCallbacks | None = None  # Those not called yet.
-        # The request's post-response jobs and context; created with the first job.
-        self.batch: Batch | None = None
-        self.hooks = hooks  # App-wide @deferred.after_response functions.
-        self.finished = False
-        # The response's start message (status and headers) once it has been sent.
-        self.start: dict[str, Any] | None = None
-        # Body bytes the client was promised (its content-length) and has not been
-        # sent yet; None without a content-length, or when no work watched the start.
-        self.remaining: int | None = None
-
-    def batch_for(self, source: BaseRequestWebsocket) -> Batch:
-        """Return the batch of this request's work, capturing its context on first use."""
-        batch = self.batch
-        if batch is None:
-            batch = self.batch = Batch([], copy_context(), source)
-        return batch
-
-    def send_http(self, message: ASGISendEvent) -> Awaitable[None]:
-        # A plain function returning the awaitable, not a coroutine: most
-        # messages pass straight through without an extra frame.
-        event: dict[str, Any] = message  # type: ignore[assignment]
-        if self.batch is None and not self.hooks:  # Nothing to hand over (yet).
-            if event["type"] == "http.response.start":
-                self.start = event
-            return self._send(message)
-        kind = event["type"]
-        if kind == "http.response.body":
-            if self.finished:  # Complete already: the empty message after the last bytes.
-                return self._send(message)
-            if not event.get("more_body", False):
-                start = self.start
-                if start is None or not start.get("trailers", False):  # Else trailers end it.
-                    return self._send_final(message)
-            elif self.remaining is not None:
-                # The client has every byte it was promised once the server has these:
-                # the empty final message after them may never go out (the client may
-                # close at once, and the server then cancels Quart's handler).
-                self.remaining -= len(event.get("body", b""))
-                if self.remaining <= 0 and not self.start.get("trailers", False):  # type: ignore[union-attr]
-                    return self._send_final(message)
-        elif kind == "http.response.start":
-            self.start = event
-            self.remaining = _content_length(event)
-        elif (
-            (kind == "http.response.trailers" and not event.get("more_trailers", False))
-            or kind == "http.response.pathsend"
-            or (kind == "http.response.zerocopysend" and not event.get("more_body", False))
-        ):
-            return self._send_final(message)
-        return self._send(message)
-
-    async def receive_http(self) -> ASGIReceiveEvent:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            self.disconnected = True
-        return message
-
-    async def _send_final(self, message: ASGISendEvent) -> None:
-        runner = self.app_state.runner()
-        runner.pending += 1  # join() waits for this exchange's work from now on.
-        try:
-            await self._send(message)
-        except BaseException:
-            self.finish(complete=False, runner=runner)
-            raise
-        else:
-            # A send after the server reported the client gone completes nothing,
-            # whatever the server did with it (hypercorn drops it without a word).
-            self.finish(complete=not self.disconnected, runner=runner)
-        finally:
-            runner.release()
-
-    def finish(self, *, complete: bool, runner: TaskRunner | None = None) -> None:
-        """End the exchange: hand its post-response jobs to the runner, once.
-
-        *complete* says whether the client got the whole response.
-        """
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            if self.request_callbacks:
-                log_callbacks_not_run(self)
-            if self.batch is not None or self.hooks:
-                self._submit(complete, runner or self.app_state.runner())
-        finally:
-            # The request refers to its exchange through its scope: let go of it,
-            # so that reference counting, not the garbage collector, frees both.
-            # The start message is not needed either while the work waits.
-            self.source = self.start = None
-
-    def _submit(self, complete: bool, runner: TaskRunner) -> None:
-        batch, self.batch = self.batch, None  # Break the cycle through its context.
-        start = self.start
-        status: int | None = None if start is None else start["status"]
-        successful = _successful(complete, status)
-        jobs: list[Job]
-        if batch is None:  # App-wide hooks for a request that never reached Quart's hooks.
-            jobs = []
-            batch = Batch(jobs, Context(), self.source, fresh_app_context=True)
-        else:
-            jobs = batch.jobs
-            self.app_state.counters.held -= len(jobs)  # Registered: now waiting, or skipped below.
-        batch.status = status  # For tracing, and for the line that logs a skipped job.
-        for job in jobs:
-            if job.when != "always":  # Only then is there anything to filter out.
-                jobs = batch.jobs = [
-                    job for job in jobs if self._runs(job, complete, successful, batch)
-                ]
-                break
-        if self.hooks:
-            headers = () if start is None else tuple(start.get("headers", ()))
-            delivery = Delivery(status, complete, headers)
-            for hook in self.hooks:
-                if hook.when == "always" or (hook.when == "success") is successful:
-                    jobs.append(hook.job_for(delivery))
-        if jobs:
-            if self.track_work:
-                batch.done = self.work_done = runner.loop.create_future()
-                batch.errors = []
-            runner.submit(batch)
-
-    def _runs(self, job: Job, complete: bool, successful: bool, batch: Batch) -> bool:
-        """Whether *job* runs for how the exchange ended; a job that does not is skipped."""
-        if job.when == "always" or (job.when == "success") is successful:
-            return True
-        self.app_state.counters.skipped += 1
-        if job.key is not None:
-            self.app_state.keys.discard(job.key)
-        name = job.name
-        logger.debug(
-            "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",
-            name,
-            describe(batch.source),
-            job.when,
-            batch.status,
-            "complete" if complete else "incomplete",
-            extra=log_fields(name, batch.source),
-        )
-        return False
-
-
-class TestClientExchange(Exchange):
-    """An exchange with Quart's test client: ``deferred.wait_for(response)`` can wait for it."""
-
-    __slots__ = ()
-    track_work = True
-
-
-def _content_length(start: dict[str, Any]) -> int | None:
-    """The content-length of a response's start message, or ``None`` without a valid one."""
-    for name, value in start.get("headers", ()):
-        if len(name) == 14 and name.lower() == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                return None
-            return length if length >= 0 else None
-    return None
-
-
-class WebsocketExchange(Exchange):
-    """One websocket connection: its work is handed over when the connection's ASGI call ends.
-
-    A websocket "succeeds" when the app's handler accepted the connection and
-    ended without raising; a client that closes the connection is a normal end
-    of a websocket. A handler that raised (Quart catches it, sends its
-    ``got_websocket_exception`` signal and closes with 1000) fails, and so does
-    a connection closed before it was accepted. App-wide hooks see HTTP
-    exchanges only.
-    """
-
-    __slots__ = ("_held", "failed")
-
-    def __init__(
-        self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable
-    ) -> None:
-        super().__init__(app_state, send, receive, ())
-        self._held: TaskRunner | None = None
-        self.failed = False  # The handler raised: see handler_failed().
-
-    async def send_websocket(self, message: ASGISendEvent) -> None:
-        event: dict[str, Any] = message  # type: ignore[assignment]
-        kind = event["type"]
-        if kind == "websocket.accept":
-            self.start = {"status": 101}
-        elif kind == "websocket.http.response.start":
-            self.start = event
-        elif kind == "websocket.close":
-            if self.start is None:
-                self.start = {"status": 403}  # What servers answer to a close before accept.
-            self._hold()
-        await self._send(message)
-
-    async def receive_websocket(self) -> ASGIReceiveEvent:
-        message = await self._receive()
-        if message["type"] == "websocket.disconnect":
-            self._hold()
-        return message
-
-    def _hold(self) -> None:
-        """Make ``join()`` wait for this connection's work from the moment its end is in sight."""
-        if self._held is None and self.batch is not None:
-            runner = self._held = self.app_state.runner()
-            runner.pending += 1
-
-    def finish(self, *, complete: bool, runner: TaskRunner | None = None) -> None:
-        try:
-            super().finish(complete=complete, runner=self._held)
-        finally:
-            if self._held is not None:
-                self._held.release()
-                self._held = None
-
-
-async def capture_context() -> None:
-    """Capture the request's context for app-wide hooks (a ``before_request`` function)."""
-    source = current_source()
-    if source is not None:
-        exchange: Exchange | None = exchange_of(source)
-        if exchange is not None and not exchange.finished:
-            exchange.batch_for(source)
-
-
-async def websocket_failed(sender: Quart, exception: BaseException) -> None:
-    """Mark the current websocket's exchange as failed (a ``got_websocket_exception`` receiver)."""
-    source = current_source()
-    exchange = None if source is None else exchange_of(source)
-    if isinstance(exchange, WebsocketExchange):
-        exchange.failed = True
-
-
-async def _gone(message: ASGISendEvent) -> None:
-    """The send of an exchange whose ASGI call has ended: nothing reaches the server now."""
-
-
-async def _disconnected() -> ASGIReceiveEvent:
-    """The receive of an HTTP exchange whose ASGI call has ended."""
-    return {"type": "http.disconnect"}
-
-
-async def _nothing_more() -> ASGIReceiveEvent:
-    """The receive of a connection whose ASGI call has ended."""
-    return {"type": "websocket.disconnect", "code": 1006}
-
-
-class PostResponseMiddleware:
-    """Wrap ``app.asgi_app`` so post-response jobs start once the response is out."""
-
-    def __init__(self, app: ASGIApp, state: AppState) -> None:
-        self.app = app
-        self.state = state
-        # Wrapping Quart's own asgi_app, send HTTP requests straight to the app's
-        # asgi_http_class, as that method would: one coroutine level less on every
-        # request (about 1 µs here). Any other app (another middleware) is called.
-        self._direct_http = (
-            getattr(app, "__func__", None) is Quart.asgi_app
-            and getattr(app, "__self__", None) is state.app
-        )
-
-    async def __call__(
-        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        kind = scope["type"]
-        writable: dict[str, Any] = scope  # type: ignore[assignment]
-        if kind == "http":
-            if not self.state.lifespan_known:
-                self.state.without_lifespan(writable)
-            exchange: Exchange
-            if from_test_client(writable):
-                exchange = TestClientExchange(self.state, send, receive, self.state.extension.hooks)
-                mark_response(send, exchange)
-            else:
-                exchange = Exchange(self.state, send, receive, self.state.extension.hooks)
-            writable[SCOPE_KEY] = exchange
-            try:
-                if self._direct_http:
-                    quart = self.state.app
-                    handler = quart.asgi_http_class(quart, scope)  # type: ignore[arg-type]
-                    await handler(exchange.receive_http, exchange.send_http)
-                else:
-                    await self.app(scope, exchange.receive_http, exchange.send_http)
-            finally:
-                # The exchange ended without its final message going out: finish
-                # what is left (jobs, callbacks never called, hooks) as a failure.
-                if not exchange.finished and (
-                    exchange.batch is not None or exchange.request_callbacks or exchange.hooks
-                ):
-                    exchange.finish(complete=False)
-                exchange.source = None  # See finish().
-                # The server's send is a method of its stream, which holds the scope,
-                # which holds the exchange: let go of it, or that cycle keeps every
-                # request's stream alive until the garbage collector finds it. Quart's
-                # handler task may still be sending (the server cancelled the call):
-                # those sends go nowhere, as the server would have ignored them.
-                exchange._send = _gone
-                exchange._receive = _disconnected
-        elif kind == "websocket":
-            connection = WebsocketExchange(self.state, send, receive)
-            writable[SCOPE_KEY] = connection
-            complete = False
-            try:
-                await self.app(scope, connection.receive_websocket, connection.send_websocket)
-                complete = not connection.failed
-            finally:
-                connection.finish(complete=complete)
-                connection._send = _gone  # As for HTTP, above.
-                connection._receive = _nothing_more
-        elif kind == "lifespan":
-            await self.app(scope, self._draining_first(receive), send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _draining_first(self, receive: ASGIReceiveCallable) -> ASGIReceiveCallable:
-        """Drain deferred work when the server announces shutdown, before Quart hears of it.
-
-        So the drain comes before every after_serving and while_serving
-        shutdown step (whose order differs between Quart versions), and the
-        resources those close are still open for the work.
-        """
-
-        async def receive_lifespan() -> ASGIReceiveEvent:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                self.state.lifespan_known = True
-            elif message["type"] == "lifespan.shutdown":
-                await self.state.drain()
-            return message
-
-        return receive_lifespan
+    return False
 
 
 # The call forms with `when=` or `key=`. PEP 612 cannot type keyword-only
@@ -665,7 +354,7 @@ def defer(
             "to start work from elsewhere, use deferred.start_soon(func, ...)."
         )
         raise ContextError(msg)
-    exchange: Exchange | None = exchange_of(source)
+    exchange: WorkRecord | None = exchange_of(source)
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
     exchange.source = source

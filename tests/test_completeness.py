@@ -214,7 +214,7 @@ async def test_trailers_pathsend_and_zerocopysend_end_a_response(
 ) -> None:
     """The final message is the last trailers when trailers were announced, a pathsend, or
     the last zerocopysend; HTTP/2 carries the same messages."""
-    from quart_deferred.post_response import PostResponseMiddleware
+    from quart_deferred._asgi import PostResponseMiddleware
 
     app = Quart(__name__)
     deferred = QuartDeferred(app)
