@@ -146,7 +146,7 @@ class Exchange:
 
     async def _send_final(self, message: ASGISendEvent) -> None:
         runner = self.app_state.runner()
-        runner.pending += 1  # join() waits for this exchange's work from now on.
+        runner.hold()
         try:
             await self._send(message)
         except BaseException:
@@ -256,7 +256,7 @@ class WebsocketExchange(Exchange):
         """Make ``join()`` wait for this connection's work from the moment its end is in sight."""
         if self._held is None and self.batch is not None:
             runner = self._held = self.app_state.runner()
-            runner.pending += 1
+            runner.hold()
 
     def finish(self, *, complete: bool, runner: TaskRunner | None = None) -> None:
         try:

@@ -20,7 +20,7 @@ from quart import Quart
 from ._compat import current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from .exceptions import OverloadedError
-from .jobs import callable_name, describe, Hook, log_fields
+from .jobs import callable_name, describe, Hook, Job, log_fields
 from .metrics import Counters
 from .runner import TaskRunner
 
@@ -97,6 +97,42 @@ class AppState:
     def _read_limit(self) -> None:
         self.max_pending = optional_whole_number(self.config, "QUART_DEFERRED_MAX_PENDING")
         self.admitting = self.max_pending is not None
+
+    # Registrations: the only writers of `held` and of the keys outside the runner.
+
+    def accept(self, func: object, caller: str, key: str | None) -> bool:
+        """Count new work against ``max_pending`` and take its key, or refuse it.
+
+        Returns ``False``, taking nothing, if work with *key* is already waiting
+        or running; raises ``OverloadedError`` at the limit. On every
+        registration's path.
+        """
+        if self.admitting:
+            self.admit(func, caller)
+        if key is not None and not self.claim_key(key):
+            return False
+        self.counters.held += 1  # Counted against MAX_PENDING until the exchange ends.
+        return True
+
+    def claim_key(self, key: str) -> bool:
+        """Take *key*, unless work with it is already waiting or running in this process."""
+        keys = self.keys
+        if key in keys:
+            self.reap()  # A loop that ended may have left the key behind.
+            if key in keys:
+                return False
+        keys.add(key)
+        return True
+
+    def handed_over(self, registered: int) -> None:
+        """An exchange has ended: its *registered* jobs are no longer held by it."""
+        self.counters.held -= registered
+
+    def skip(self, job: Job) -> None:
+        """Count *job* as skipped (its ``when`` did not match), and free its key."""
+        self.counters.skipped += 1
+        if job.key is not None:
+            self.keys.discard(job.key)
 
     def admit(self, func: object, caller: str) -> None:
         """Refuse new work with ``OverloadedError`` once ``max_pending`` jobs have not started.

@@ -123,7 +123,7 @@ def hand_over(
         batch = Batch(jobs, Context(), source, fresh_app_context=True)
     else:
         jobs = batch.jobs
-        app_state.counters.held -= len(jobs)  # Registered: now waiting, or skipped below.
+        app_state.handed_over(len(jobs))  # Now waiting, or skipped below.
     batch.status = status  # For tracing, and for the line that logs a skipped job.
     for job in jobs:
         if job.when != "always":  # Only then is there anything to filter out.
@@ -149,9 +149,7 @@ def _runs(app_state: AppState, job: Job, complete: bool, successful: bool, batch
     """Whether *job* runs for how the exchange ended; a job that does not is skipped."""
     if _matches(job.when, successful):
         return True
-    app_state.counters.skipped += 1
-    if job.key is not None:
-        app_state.keys.discard(job.key)
+    app_state.skip(job)
     name = job.name
     logger.debug(
         "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",
@@ -358,16 +356,8 @@ def defer(
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
     exchange.source = source
-    app_state = exchange.app_state
-    if app_state.admitting:
-        app_state.admit(func, caller)
-    if key is not None:
-        if key in app_state.keys:
-            app_state.reap()  # A loop that ended may have left the key behind.
-            if key in app_state.keys:
-                return False
-        app_state.keys.add(key)
-    app_state.counters.held += 1  # Counted against MAX_PENDING until the exchange ends.
+    if not exchange.app_state.accept(func, caller, key):
+        return False
     batch = exchange.batch
     if batch is None:  # The request's first job: capture its context now.
         exchange.batch = Batch([job], copy_context(), source)

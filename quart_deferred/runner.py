@@ -133,6 +133,10 @@ class TaskRunner:
         if self._idle_waiters:
             self._wake_idle_waiters()
 
+    def hold(self) -> None:
+        """Count an exchange in ``pending``: ``join()`` waits for its work from now on."""
+        self.pending += 1
+
     def release(self) -> None:
         """Stop counting an exchange in ``pending``: its work, if any, has been submitted."""
         self.pending -= 1
