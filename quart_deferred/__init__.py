@@ -1,4 +1,25 @@
-"""Deferred request callbacks and supervised post-response work for Quart."""
+"""Deferred request callbacks and supervised post-response work for Quart.
+
+Where each concept lives (no import cycles among them, not even type-only ones):
+
+- ``extension``: ``QuartDeferred``: binding to apps, init arguments, hooks, ``join``, ``stats``.
+- ``app_state``: what one app keeps: config, admission (``MAX_PENDING``), keys, its runners.
+- ``callbacks``: ``after_this_request`` and the dispatcher that calls its callbacks.
+- ``post_response``: ``after_this_response``, ``Delivery``, and ``hand_over``, the one
+  place that applies ``when`` and the app-wide hooks once an exchange has ended.
+- ``_asgi``: the middleware, and the HTTP and websocket exchanges that watch the messages.
+- ``_request``: a request's record (the exchange in its scope, or ``g``) and how to find it.
+- ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.
+- ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
+- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
+- ``_stepping``: how the runner steps an async job (timing, its own cancellations).
+- ``threads``: the runner's threads for plain ``def`` jobs.
+- ``metrics``: ``Counters``, ``Stats``, latencies and the Prometheus page.
+- ``tracing``: OpenTelemetry spans per job.
+- ``exceptions``, ``_config`` (config values checked on every read), ``_compat`` (Quart
+  versions, and the only use of Quart's private names).
+- ``pytest_plugin`` (strict mode) and ``_test_client`` (``wait_for`` for test responses).
+"""
 
 from .callbacks import after_this_request
 from .exceptions import (
