@@ -12,6 +12,7 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
 - ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
+- ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
 - ``_stepping``: how the runner steps an async job (timing, its own cancellations).
 - ``threads``: the runner's threads for plain ``def`` jobs.
 - ``metrics``: ``Counters``, ``Stats``, latencies and the Prometheus page.

@@ -26,7 +26,7 @@ timed_out + cancelled``.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 import logging
 import sys
@@ -35,9 +35,8 @@ from typing import Any
 
 import anyio
 from quart import Quart
-from quart.signals import got_background_exception
 
-from ._compat import handle_background_exception
+from ._outcomes import Ledger
 from ._stepping import (
     Carried,
     drive,
@@ -57,7 +56,6 @@ logger = logging.getLogger("quart_deferred")
 SLICE = 0.001  # Seconds a batch task may keep the loop before it yields between jobs.
 CANCEL_GRACE = 1.0  # Seconds a job cancelled at its timeout has to end before it is let go of.
 UNWIND = 0.4  # Seconds cancelled jobs and running threads get at shutdown before the exit.
-NAMED_CANCELLATIONS = 1000  # Jobs named one by one when cancelled; the rest are counted.
 _CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
 
 
@@ -91,9 +89,7 @@ class TaskRunner:
         self._waiting: deque[Batch] = deque()
         self._tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._slow_names: set[str] = set()  # Jobs already reported for blocking the loop.
-        self._named = 0  # Cancelled jobs logged by name so far.
-        self._unnamed: Counter[str] = Counter()  # The rest, by job name.
+        self._ledger = Ledger(app, counters, keys, task_timeout)
 
     def submit(self, batch: Batch) -> None:
         """Accept *batch* and see that it runs, now or when a slot frees; never drop it."""
@@ -103,8 +99,8 @@ class TaskRunner:
         counters.scheduled += count
         counters.waiting += count
         if self.closed:
-            self._cancel_unstarted(batch, "it arrived after the runner had shut down")
-            self._flush_unnamed()
+            self._ledger.cancel_unstarted(batch, "it arrived after the runner had shut down")
+            self._ledger.flush_unnamed()
             _settle(batch)
         elif len(self._tasks) < self.max_concurrency:
             self._start(batch)
@@ -124,7 +120,7 @@ class TaskRunner:
         """A batch's task is done with it: account for what did not run, start the next."""
         self._tasks.pop(batch, None)
         if batch.next < len(batch.jobs):
-            self._cancel_unstarted(batch, "the runner was shutting down")
+            self._ledger.cancel_unstarted(batch, "the runner was shutting down")
         if batch.done is not None:
             _settle(batch)
         waiting = self._waiting
@@ -187,7 +183,7 @@ class TaskRunner:
                 extra=batch.log_fields(job),
             )
             if batch.watch is not None:  # The job it failed around counts as failed.
-                self._finish("failed")
+                self._ledger.finish("failed")
         finally:
             batch.watch = None
             self._end(batch)
@@ -243,10 +239,10 @@ class TaskRunner:
                     await self._threads().run(self.loop, thread_call)
                 if watch is not None and watch.expired:
                     outcome = "timeout"
-                    self._timed_out(job, batch, None, clock() - started, cancelled=True)
+                    self._ledger.timed_out(job, batch, None, clock() - started, cancelled=True)
                 elif job.is_async and timeout is not None and clock() - started > timeout:
                     outcome = "timeout"
-                    self._timed_out(job, batch, None, clock() - started, cancelled=False)
+                    self._ledger.timed_out(job, batch, None, clock() - started, cancelled=False)
                 else:
                     outcome = "ok"
                     counters.running -= 1
@@ -256,19 +252,19 @@ class TaskRunner:
                     self._cancelled(job, batch, thread_call)
                     raise
                 outcome = "timeout"  # The job ended by raising the cancellation.
-                self._timed_out(job, batch, thread_call, clock() - started, cancelled=True)
+                self._ledger.timed_out(job, batch, thread_call, clock() - started, cancelled=True)
             except IgnoredCancellation:
-                self._ignored_cancellation(job, batch)
+                self._ledger.ignored_cancellation(job, batch, closed=self.closed)
                 if self.closed:
                     return
             except Carried as error:
                 outcome, failure = "error", error.__cause__
-                await self._failed(error.__cause__ or error, job, batch)
+                await self._ledger.failed(error.__cause__ or error, job, batch)
             except GeneratorExit:  # Thrown in: the task's coroutine is being closed.
                 raise
             except BaseException as error:  # The job is never trusted: SystemExit too.
                 outcome, failure = "error", error
-                await self._failed(error, job, batch)
+                await self._ledger.failed(error, job, batch)
             finally:
                 ended = clock()
                 durations.append(ended - started)
@@ -286,7 +282,7 @@ class TaskRunner:
                 if span is not None:
                     span.end(outcome, failure)
                 if slowest >= SLOW_STEP and job.is_async:
-                    self._blocked(job, batch, slowest)
+                    self._ledger.blocked(job, batch, slowest)
             if ended - slice_began >= SLICE and batch.next < len(jobs):
                 await asyncio.sleep(0)  # Let the loop serve others between jobs.
                 slice_began = clock()
@@ -310,197 +306,17 @@ class TaskRunner:
         watch.timer = None
         task.cancel()
 
-    def _timed_out(
-        self,
-        job: Job,
-        batch: Batch,
-        thread_call: ThreadCall | None,
-        took: float,
-        *,
-        cancelled: bool,
-    ) -> None:
-        if batch.errors is not None:
-            batch.errors.append(
-                TimeoutError(f"{job.name} for {batch.origin} timed out after {self.task_timeout}s")
-            )
-        if thread_call is not None:
-            self._finish_thread_call(thread_call, job, batch, shutdown=False)
-            return
-        self._finish("timed_out")
-        if not cancelled:
-            _log(
-                logging.ERROR,
-                "%s for %s ran for %.3fs without awaiting, past its %ss timeout "
-                "(QUART_DEFERRED_TASK_TIMEOUT), so it could not be cancelled; counted as "
-                "timed out.",
-                job,
-                batch,
-                took,
-                self.task_timeout,
-            )
-            return
-        _log(
-            logging.ERROR,
-            "%s for %s timed out after %ss (QUART_DEFERRED_TASK_TIMEOUT) and was cancelled.",
-            job,
-            batch,
-            self.task_timeout,
-        )
-
-    def _ignored_cancellation(self, job: Job, batch: Batch) -> None:
-        if self.closed:
-            self._finish("cancelled")
-            why = "at shutdown"
-        else:
-            self._finish("timed_out")
-            why = f"after its {self.task_timeout}s timeout"
-            if batch.errors is not None:
-                batch.errors.append(TimeoutError(f"{job.name} ignored its cancellation"))
-        _log(
-            logging.ERROR,
-            "%s for %s ignored its cancellation %s and was let go of: it will never be "
-            "resumed. Let CancelledError propagate (re-raise it after cleaning up).",
-            job,
-            batch,
-            why,
-        )
-
     def _cancelled(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
         """Account for a real cancellation of the batch's task: shutdown, or the loop ending."""
         if thread_call is not None:
-            self._finish_thread_call(thread_call, job, batch, shutdown=True)
+            self._ledger.finish_thread_call(thread_call, job, batch, shutdown=True)
         else:
-            self._finish("cancelled")
-            self._log_cancelled(job, batch, "it was still running")
+            self._ledger.finish("cancelled")
+            self._ledger.log_cancelled(job, batch, "it was still running")
         if not self.closed:  # Nobody but the loop's own teardown cancels our tasks.
             self.lose_waiting("the event loop stopped")
-        self._cancel_unstarted(batch, "the runner was shutting down")
-        self._flush_unnamed()
-
-    def _blocked(self, job: Job, batch: Batch, took: float) -> None:
-        if job.name in self._slow_names:
-            return
-        self._slow_names.add(job.name)
-        _log(
-            logging.WARNING,
-            "%s for %s blocked the event loop for %.3fs in one step (no await in between); "
-            "every request waited meanwhile. Make it a plain def function, which runs on a "
-            "thread, or move the blocking call to asyncio.to_thread(). Reported once per job.",
-            job,
-            batch,
-            took,
-        )
-
-    def _finish(self, outcome: str) -> None:
-        counters = self._counters
-        counters.running -= 1
-        setattr(counters, outcome, getattr(counters, outcome) + 1)
-
-    def _finish_thread_call(
-        self, thread_call: ThreadCall, job: Job, batch: Batch, *, shutdown: bool
-    ) -> None:
-        """Account for a sync job whose await was cut short by shutdown or its timeout."""
-        state = thread_call.abandon()
-        if state == ThreadCall.DONE:  # It finished just as the await was cut short.
-            if thread_call.error is None:
-                self._finish("succeeded")
-            else:
-                self._finish("failed")
-                if batch.errors is not None:
-                    batch.errors.append(thread_call.error)
-                _log(logging.ERROR, "%s for %s failed.", job, batch, exc=thread_call.error)
-        elif state == ThreadCall.NEVER_STARTED:
-            if job.key is not None:
-                self._keys.discard(job.key)
-            if shutdown:
-                self._finish("cancelled")
-                self._log_cancelled(job, batch, "it was still waiting for a free thread")
-            else:
-                self._finish("timed_out")
-                _log(
-                    logging.ERROR,
-                    "%s for %s timed out after %ss (QUART_DEFERRED_TASK_TIMEOUT) while "
-                    "waiting for a free thread; it will not run.",
-                    job,
-                    batch,
-                    self.task_timeout,
-                )
-        else:
-            # A thread cannot be cancelled; never call this "cancelled", as it
-            # may yet finish. Count it as timed out, and say what is true.
-            self._finish("timed_out")
-            _log(
-                logging.WARNING if shutdown else logging.ERROR,
-                "%s for %s is a plain function still running on its thread, which cannot "
-                "be cancelled; counted as timed out (%s).",
-                job,
-                batch,
-                "at shutdown" if shutdown else f"after {self.task_timeout}s",
-            )
-
-    async def _failed(self, error: BaseException, job: Job, batch: Batch) -> None:
-        self._finish("failed")
-        try:
-            await self._report(error, job, batch)
-        except Exception:  # A receiver of the signal failed: say so, and go on.
-            logger.exception(
-                "Reporting the failure of %s for %s failed.",
-                job.name,
-                batch.origin,
-                extra=batch.log_fields(job),
-            )
-
-    async def _report(self, error: BaseException, job: Job, batch: Batch) -> None:
-        """Log *error* with its traceback and send Quart's ``got_background_exception``.
-
-        An app that overrides ``handle_background_exception`` gets its own
-        method called instead, as for Quart's background tasks.
-        """
-        if hasattr(error, "add_note"):  # Python 3.11+: name the job in the traceback.
-            error.add_note(f"in deferred work {job.name} for {batch.origin}")
-        if batch.errors is not None:
-            batch.errors.append(error)
-        app = self.app
-        if type(app).handle_background_exception is not Quart.handle_background_exception:
-            await handle_background_exception(app, error)
-            return
-        await got_background_exception.send_async(
-            app,
-            _sync_wrapper=app.ensure_async,  # type: ignore[arg-type]
-            exception=error,
-        )
-        _log(logging.ERROR, "%s for %s failed.", job, batch, exc=error)
-
-    def _cancel_unstarted(self, batch: Batch, reason: str) -> None:
-        counters = self._counters
-        for job in batch.jobs[batch.next :]:
-            counters.waiting -= 1
-            counters.cancelled += 1
-            if job.key is not None:
-                self._keys.discard(job.key)
-            self._log_cancelled(job, batch, f"it had not started; {reason}")
-        batch.next = len(batch.jobs)
-
-    def _log_cancelled(self, job: Job, batch: Batch, why: str) -> None:
-        if self._named < NAMED_CANCELLATIONS:
-            self._named += 1
-            _log(logging.WARNING, "Cancelled %s for %s at shutdown: %s.", job, batch, why)
-        else:  # Logging each of a million jobs would take longer than any drain.
-            self._unnamed[job.name] += 1
-
-    def _flush_unnamed(self) -> None:
-        if not self._unnamed:
-            return
-        total = sum(self._unnamed.values())
-        names = ", ".join(f"{count} x {name}" for name, count in self._unnamed.most_common())
-        self._unnamed.clear()
-        logger.warning(
-            "Cancelled %d more jobs at shutdown, past the first %d named above: %s.",
-            total,
-            NAMED_CANCELLATIONS,
-            names,
-            extra=log_fields(None, None),
-        )
+        self._ledger.cancel_unstarted(batch, "the runner was shutting down")
+        self._ledger.flush_unnamed()
 
     def lose_waiting(self, why: str) -> None:
         """Close the runner and account for every batch still waiting, each job by name.
@@ -510,14 +326,14 @@ class TaskRunner:
         """
         self.closed = True
         for batch in self._waiting:
-            self._cancel_unstarted(batch, why)
+            self._ledger.cancel_unstarted(batch, why)
             _settle(batch)
         self._waiting.clear()
         for batch, task in list(self._tasks.items()):
             if not batch.started:
                 task.cancel()
                 del self._tasks[batch]
-                self._cancel_unstarted(batch, why)
+                self._ledger.cancel_unstarted(batch, why)
                 _settle(batch)
 
     def lose_everything(self, why: str) -> None:
@@ -526,13 +342,13 @@ class TaskRunner:
         for batch in self._tasks:
             if batch.watch is not None:  # A job was running.
                 job = batch.jobs[batch.next - 1]
-                self._finish("cancelled")
-                self._log_cancelled(job, batch, f"it was running when {why}")
+                self._ledger.finish("cancelled")
+                self._ledger.log_cancelled(job, batch, f"it was running when {why}")
                 if job.key is not None:
                     self._keys.discard(job.key)
-            self._cancel_unstarted(batch, why)
+            self._ledger.cancel_unstarted(batch, why)
         self._tasks.clear()
-        self._flush_unnamed()
+        self._ledger.flush_unnamed()
 
     # Waiting
 
@@ -583,7 +399,7 @@ class TaskRunner:
             left = max(0.0, deadline - time.monotonic())
             await asyncio.to_thread(self._pool.wait_running, left)
             self._pool.close()
-        self._flush_unnamed()
+        self._ledger.flush_unnamed()
         logger.debug(
             "Quart-Deferred drained in %.3fs",
             time.monotonic() - started,
@@ -602,18 +418,3 @@ def _uncancel(task: asyncio.Task[None] | None, times: int) -> None:
 def _settle(batch: Batch) -> None:
     if batch.done is not None and not batch.done.done():
         batch.done.set_result(batch.errors or [])
-
-
-def _log(
-    level: int, message: str, job: Job, batch: Batch, *args: Any, exc: BaseException | None = None
-) -> None:
-    fields = batch.log_fields(job)
-    logger.log(
-        level,
-        message,
-        job.name,
-        batch.origin,
-        *args,
-        exc_info=exc,
-        extra=fields,
-    )
