@@ -146,6 +146,7 @@ async def test_a_failing_callback_runs_once_and_later_ones_still_run(
 
 
 async def test_callbacks_registered_by_callbacks_run_too(app: Quart, client: Client) -> None:
+    """A callback that registers another callback gets it called on the same response."""
     calls: list[str] = []
 
     @app.get("/")
@@ -201,6 +202,8 @@ async def test_works_from_blueprint_hooks_and_error_handlers(app: Quart, client:
 
 
 async def test_outside_a_request_is_a_clear_error(app: Quart) -> None:
+    """after_this_request outside a request raises ContextError saying where to call it."""
+
     def callback(response: Response) -> None:
         pass
 
@@ -212,6 +215,8 @@ async def test_outside_a_request_is_a_clear_error(app: Quart) -> None:
 
 
 async def test_in_a_websocket_points_to_the_alternatives(app: Quart) -> None:
+    """after_this_request in a websocket handler points to after_this_websocket and
+    after_this_response."""
     errors: list[str] = []
 
     @app.websocket("/ws")
@@ -338,6 +343,7 @@ async def test_after_this_request_once_the_callbacks_have_run_is_refused(app: Qu
 
 
 def test_the_outside_a_request_message_names_only_places_where_it_works() -> None:
+    """The outside-a-request message does not suggest after_request functions, where it fails."""
     with pytest.raises(ContextError) as raised:
         after_this_request(lambda response: None)
     assert "after_request" not in str(raised.value)

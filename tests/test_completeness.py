@@ -56,6 +56,8 @@ def _big_file(tmp_path: Path) -> Path:
 async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_response(
     app: Quart, deferred: QuartDeferred, big_file: Path, body: str
 ) -> None:
+    """In-process: a response is complete once its content-length bytes went out, empty final
+    message or not."""
     outcomes: Counter[str] = Counter()
     deliveries: list[bool] = []
 

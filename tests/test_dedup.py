@@ -15,6 +15,7 @@ from .conftest import Client, wait
 async def test_a_burst_of_1000_requests_with_one_key_runs_the_work_once(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """1,000 concurrent requests with the same key run the work once; the others are told False."""
     burst = 1000
     runs: list[str] = []
     answers: list[bool] = []
@@ -73,6 +74,7 @@ async def test_a_key_is_free_again_once_its_work_has_ended_any_way(
 async def test_keys_are_independent_and_work_in_the_decorator_form(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """Different keys do not block each other, and key= works in the decorator form."""
     ran: list[str] = []
 
     @app.get("/")
@@ -97,6 +99,7 @@ async def test_keys_are_independent_and_work_in_the_decorator_form(
 
 @pytest.mark.parametrize("key", ["", 42, b"feed"])
 async def test_a_bad_key_is_a_clear_error(app: Quart, key: object) -> None:
+    """A key that is not a non-empty string is refused at the call."""
     errors: list[Exception] = []
 
     @app.get("/")

@@ -15,6 +15,8 @@ from .servers import running
 async def test_demo_language_cookie_signup_and_after_response_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The demo app: the language cookie, the signup mail after the 201, the after_response log
+    line."""
     caplog.set_level(logging.INFO)
     app.config["WELCOME_MAIL_SECONDS"] = 0.01
     async with running(app, access_log=True) as url, httpx.AsyncClient(base_url=url) as http:

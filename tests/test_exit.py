@@ -28,6 +28,8 @@ async def _served() -> AsyncIterator[ServerProcess]:
 async def test_a_job_raising_systemexit_or_keyboardinterrupt_does_not_stop_the_server(
     served: ServerProcess, kind: str
 ) -> None:
+    """A job raising SystemExit or KeyboardInterrupt fails alone; the server keeps serving and exits
+    cleanly."""
     assert await served.get(f"/job/{kind}") == (200, b"ok")
     await wait(served.saw(f"{kind} for GET /job/{kind} failed"))
     assert await served.get("/health") == (200, b"ok")  # Still serving.
@@ -40,6 +42,7 @@ async def test_a_job_raising_systemexit_or_keyboardinterrupt_does_not_stop_the_s
 async def test_a_non_awaiting_chain_leaves_the_server_answering_and_sigterm_stops_it(
     served: ServerProcess,
 ) -> None:
+    """A chain of jobs that never await leaves /health fast, and SIGTERM still stops the server."""
     assert await served.get("/job/chain") == (200, b"ok")
     await wait(served.saw("started chain"))
     slowest = 0.0

@@ -23,6 +23,7 @@ from .conftest import Client, counts, until, wait
 
 
 def test_config_defaults_are_visible_and_init_arguments_override() -> None:
+    """Defaults appear in app.config, and init arguments win over config keys."""
     app = Quart(__name__)
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 7
     QuartDeferred(app, shutdown_timeout=1.5)
@@ -78,6 +79,7 @@ async def test_a_middleware_installed_before_the_extension_stays_in_the_chain() 
 
 
 def test_initialising_twice_is_an_error() -> None:
+    """Binding a second QuartDeferred to the same app is refused."""
     app = Quart(__name__)
     QuartDeferred(app)
     with pytest.raises(RuntimeError, match="already initialised on app"):
@@ -96,6 +98,7 @@ def test_initialising_twice_is_an_error() -> None:
     ],
 )
 def test_bad_config_is_a_clear_error(key: str, value: object, match: str) -> None:
+    """A bad config value is refused at init with a message naming it."""
     app = Quart(__name__)
     app.config[key] = value
     with pytest.raises(InvalidOptionError, match=match):
@@ -103,6 +106,7 @@ def test_bad_config_is_a_clear_error(key: str, value: object, match: str) -> Non
 
 
 def test_zero_shutdown_timeout_warns() -> None:
+    """QUART_DEFERRED_SHUTDOWN_TIMEOUT=0 warns that work is cancelled at once."""
     app = Quart(__name__)
     app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0
     with pytest.warns(UserWarning, match="cancelled at once"):
@@ -110,6 +114,7 @@ def test_zero_shutdown_timeout_warns() -> None:
 
 
 async def test_one_extension_several_apps_keep_their_own_runners() -> None:
+    """One extension bound to two apps: each app has its own runner and limits."""
     deferred = QuartDeferred()
     shop, blog = Quart("shop"), Quart("blog")
     blog.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
@@ -141,6 +146,7 @@ async def test_one_extension_several_apps_keep_their_own_runners() -> None:
 async def test_app_wide_hooks_run_after_the_requests_own_work(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """after_response hooks run after the request's own work, with the Delivery of what went out."""
     events: list[str] = []
 
     @deferred.after_response
@@ -201,6 +207,7 @@ async def test_hook_registered_before_init_app_is_installed() -> None:
 
 
 def test_hook_with_too_many_parameters_is_refused() -> None:
+    """A hook that takes more than one Delivery parameter is refused at registration."""
     deferred = QuartDeferred()
     with pytest.raises(InvalidCallbackError, match="no argument, nor with one Delivery"):
 
@@ -210,6 +217,9 @@ def test_hook_with_too_many_parameters_is_refused() -> None:
 
 
 async def test_start_soon_needs_a_running_loop(deferred: QuartDeferred) -> None:
+    """start_soon from a thread without an event loop raises ContextError saying where to call
+    it."""
+
     def job() -> None:
         pass
 
@@ -242,6 +252,7 @@ async def test_an_init_argument_wins_over_its_config_key_set_later() -> None:
 
 
 async def test_join_outside_an_app_context_waits_for_every_bound_app() -> None:
+    """join() outside an app context waits for the work of every bound app."""
     deferred = QuartDeferred()
     apps = [Quart("first"), Quart("second")]
     done: list[str] = []

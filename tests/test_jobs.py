@@ -52,6 +52,7 @@ async def test_a_coroutine_object_is_refused_and_closed(app: Quart) -> None:
 
 
 async def test_a_non_callable_is_refused(app: Quart) -> None:
+    """A non-callable is refused at the call, naming what was passed."""
     [error] = await _in_view(app, lambda: after_this_response("send_mail"))  # type: ignore[call-overload]
     assert isinstance(error, TypeError)
     assert "expected a function to call later, got 'send_mail' of type str" in str(error)
@@ -59,6 +60,8 @@ async def test_a_non_callable_is_refused(app: Quart) -> None:
 
 @pytest.mark.parametrize("kind", ["async generator", "generator"])
 async def test_generator_functions_are_refused(app: Quart, kind: str) -> None:
+    """Generator and async generator functions are refused at the call."""
+
     async def agen() -> AsyncIterator[int]:
         yield 1
 
@@ -72,6 +75,7 @@ async def test_generator_functions_are_refused(app: Quart, kind: str) -> None:
 
 
 async def test_an_unknown_when_is_refused(app: Quart) -> None:
+    """An unknown when= is refused at the call, listing the valid values."""
     [error] = await _in_view(
         app,
         lambda: after_this_response(send_mail, "x", when="sometimes"),  # type: ignore[call-arg]
@@ -109,6 +113,8 @@ async def test_async_partials_and_async_call_objects_are_awaited(
 async def test_a_sync_function_returning_a_coroutine_fails_clearly(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A plain function that returns a coroutine fails, saying it would never be awaited."""
+
     @app.get("/")
     async def index() -> str:
         after_this_response(lambda: send_mail("x"))

@@ -68,3 +68,17 @@ def test_every_module_is_in_the_module_map() -> None:
         if path.stem != "__init__" and f"``{path.stem}``" not in doc
     )
     assert not missing
+
+
+def test_every_test_says_what_behaviour_it_pins() -> None:
+    """Each test function has a docstring, so a failure reads as the promise it broke."""
+    tests = Path(__file__).parent
+    bare = sorted(
+        f"{path.name}::{node.name}"
+        for path in tests.glob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.name.startswith("test_")
+        and not ast.get_docstring(node)
+    )
+    assert not bare

@@ -54,6 +54,7 @@ async def test_stats_measure_the_wait_and_the_duration_of_jobs(
 
 
 def test_quantiles_cover_the_last_window_of_jobs() -> None:
+    """Latency quantiles cover the last WINDOW samples; count, sum and max cover all."""
     recorder = LatencyRecorder()
     for _ in range(WINDOW):
         recorder.samples.append(10.0)  # Old samples, pushed out of the window below.
@@ -73,6 +74,8 @@ def test_quantiles_cover_the_last_window_of_jobs() -> None:
 async def test_prometheus_text_parses_back_to_the_same_figures(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """render_prometheus() parses back to the figures of stats()."""
+
     async def fails() -> None:
         raise RuntimeError("injected")
 
@@ -125,6 +128,7 @@ async def test_prometheus_text_parses_back_to_the_same_figures(
 
 
 def test_before_any_job_the_quantiles_are_nan_and_labels_are_optional() -> None:
+    """Before any job the quantiles are NaN and the page still parses."""
     families = {f.name: f for f in text_string_to_metric_families(render_prometheus(Stats()))}
     quantiles = [s.value for s in families["quart_deferred_job_wait_seconds"].samples if s.labels]
     assert len(quantiles) == 2 and all(math.isnan(q) for q in quantiles)
@@ -133,6 +137,7 @@ def test_before_any_job_the_quantiles_are_nan_and_labels_are_optional() -> None:
 
 @pytest.mark.parametrize("name", ["1app", "app-name", "quantile"])
 def test_a_bad_label_name_is_a_clear_error(name: str) -> None:
+    """A label name Prometheus would reject is refused, naming it."""
     with pytest.raises(InvalidOptionError, match=f"got the label name '{name}'"):
         render_prometheus(Stats(), {name: "x"})
 

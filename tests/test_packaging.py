@@ -19,10 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_version_is_the_distributions() -> None:
+    """__version__ matches the installed distribution's version."""
     assert quart_deferred.__version__ == version("quart-deferred")
 
 
 def test_a_quart_trio_app_is_refused_with_the_reason() -> None:
+    """A Quart-Trio app is refused at init, saying why."""
     from quart_trio import QuartTrio
 
     with pytest.raises(ContextError, match="does not support Quart-Trio apps"):
@@ -30,6 +32,7 @@ def test_a_quart_trio_app_is_refused_with_the_reason() -> None:
 
 
 def test_a_non_app_is_refused_at_init_app() -> None:
+    """Something that is not a Quart app (app.asgi_app) is refused at init."""
     with pytest.raises(InvalidOptionError, match="is not a Quart app"):
         QuartDeferred(Quart(__name__).asgi_app)  # type: ignore[arg-type]
 

@@ -84,6 +84,8 @@ def _project(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_wait_for_and_strict_mode_in_a_users_project(project: pytest.Pytester) -> None:
+    """In a user's project, wait_for waits for one response's work and strict mode fails the broken
+    test."""
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
@@ -97,6 +99,7 @@ def test_wait_for_and_strict_mode_in_a_users_project(project: pytest.Pytester) -
 
 
 def test_strict_mode_for_every_test_from_the_ini_file(project: pytest.Pytester) -> None:
+    """quart_deferred_strict = true in the ini file turns strict mode on for every test."""
     project.makeini(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
         "quart_deferred_strict = true\n"
@@ -171,6 +174,8 @@ async def test_wait_for_waits_for_that_request_only(app: Quart, deferred: QuartD
 async def test_wait_for_a_response_without_work_returns_at_once(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """wait_for returns [] at once for a response without work, and refuses a non-response."""
+
     @app.get("/")
     async def index() -> str:
         return "ok"

@@ -55,6 +55,7 @@ async def test_work_starts_only_after_the_client_has_the_whole_body(
 async def test_test_client_returns_before_the_work_finishes(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """The test client gets the response while the work is still running."""
     release = asyncio.Event()
 
     @app.get("/")
@@ -195,6 +196,7 @@ async def test_teardown_runs_once_before_the_work_and_not_again(
 async def test_when_follows_the_status(
     app: Quart, deferred: QuartDeferred, client: Client, path: str, expected: set[str]
 ) -> None:
+    """when='success' runs below 400, when='failure' at 400 and above, 'always' for both."""
     ran: set[str] = set()
 
     @app.before_request
@@ -223,6 +225,7 @@ async def test_when_follows_the_status(
 async def test_streaming_response_runs_after_the_last_chunk(
     app: Quart, deferred: QuartDeferred, served: str
 ) -> None:
+    """Work for a streamed response runs after its last chunk has gone out."""
     client_has_all = asyncio.Event()
     ran: list[str] = []
 
@@ -253,6 +256,7 @@ async def test_streaming_response_runs_after_the_last_chunk(
 async def test_client_disconnect_mid_stream_is_a_failure(
     app: Quart, deferred: QuartDeferred, served: str
 ) -> None:
+    """A client that leaves mid-stream makes the exchange a failure."""
     first_chunk_sent = asyncio.Event()
     ran: set[str] = set()
     never = asyncio.Event()
@@ -319,6 +323,7 @@ async def test_response_timeout_is_a_failure(
 async def test_work_in_a_websocket_runs_after_the_connection_closed(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """Work registered in a websocket handler runs after the connection has closed."""
     events: list[str] = []
 
     @app.websocket("/ws")
@@ -341,6 +346,8 @@ async def test_work_in_a_websocket_runs_after_the_connection_closed(
 
 
 async def test_outside_a_request_points_to_start_soon(app: Quart) -> None:
+    """after_this_response outside a request raises ContextError pointing to start_soon."""
+
     async def job() -> None:
         pass
 
@@ -354,6 +361,7 @@ async def test_outside_a_request_points_to_start_soon(app: Quart) -> None:
 async def test_too_late_from_inside_post_response_work(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """after_this_response inside post-response work is refused: the response is gone."""
     errors: list[str] = []
 
     async def nested() -> None:
@@ -378,6 +386,9 @@ async def test_too_late_from_inside_post_response_work(
 
 
 async def test_test_request_context_has_no_response_to_wait_for(app: Quart) -> None:
+    """Under test_request_context there is no response to wait for, and the error says to use the
+    test client."""
+
     async def job() -> None:
         pass
 
@@ -387,6 +398,7 @@ async def test_test_request_context_has_no_response_to_wait_for(app: Quart) -> N
 
 
 async def test_decorator_forms_and_return_value(app: Quart, deferred: QuartDeferred) -> None:
+    """The call form returns the function, the decorator forms register and return it."""
     calls: list[str] = []
 
     async def send_mail(address: str, *, subject: str) -> None:
@@ -464,6 +476,7 @@ async def test_a_plain_def_view_registers_work_from_its_thread(
 async def test_registering_from_a_plain_jobs_thread_says_what_to_do(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """after_this_response from a plain job's thread says why not and what to use."""
     errors: list[str] = []
 
     def job() -> None:

@@ -208,6 +208,8 @@ async def test_the_job_is_sent_only_after_the_response_has_gone_out(
 async def test_a_real_worker_runs_the_job(
     app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
+    """A task sent after the response is run by a real Celery or taskiq worker."""
+
     @app.post("/signup")
     async def signup() -> tuple[str, int]:
         enqueue_after_response(queue.tasks.welcome_mail, "ada@example.com", subject="Welcome")
@@ -225,6 +227,8 @@ async def test_a_real_worker_runs_the_job(
 async def test_a_failing_request_sends_nothing(
     app: Quart, deferred: QuartDeferred, queue: Queue, clean_redis: RedisServer
 ) -> None:
+    """A 500 sends no task (when='success' by default), and the skip is counted."""
+
     @app.post("/signup")
     async def signup() -> tuple[str, int]:
         enqueue_after_response(queue.tasks.held, "ada@example.com")
@@ -263,6 +267,8 @@ def _task_on(adapter: str, url: str) -> tuple[Any, Any]:
 async def test_with_the_broker_stopped_the_app_answers_and_the_failure_is_logged(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture, adapter: str
 ) -> None:
+    """With the broker gone, the app still answers and the lost send is logged with its
+    arguments."""
     server = RedisServer()
     task, broker = _task_on(adapter, server.url)
     if broker is not None:
@@ -344,6 +350,7 @@ async def test_pending_sends_are_flushed_at_shutdown_before_the_apps_own_shutdow
 async def test_outside_a_request_and_unknown_tasks_are_clear_errors(
     app: Quart, tasks: dict[str, ModuleType]
 ) -> None:
+    """enqueue_after_response outside a request, or with an unknown task, is refused at the call."""
     with pytest.raises(ContextError, match=r"task\.delay\(\.\.\.\) for Celery"):
         enqueue_after_response(tasks["celery"].held, "ada@example.com")
     errors: list[Exception] = []
@@ -363,6 +370,7 @@ async def test_outside_a_request_and_unknown_tasks_are_clear_errors(
 
 
 def test_importing_the_package_imports_no_queue_library() -> None:
+    """Importing the package imports neither Celery nor taskiq."""
     code = "import quart_deferred, sys; print(sorted({'celery', 'taskiq'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -438,6 +446,7 @@ class ListAdapter:
 async def test_a_registered_adapter_is_used_and_retried(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """A registered QueueAdapter sends the task, retried after failed attempts."""
     adapter = ListAdapter()
     adapter.failures = 2  # Two failed sends, then it goes through on the third attempt.
     deferred.add_queue(adapter)
@@ -513,6 +522,7 @@ class RefusingAdapter(ListAdapter):
 async def test_an_error_retrying_cannot_fix_is_not_retried(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A send error that retrying cannot fix (a TypeError) is logged once, not retried."""
     adapter = RefusingAdapter()
     deferred.add_queue(adapter)
 

@@ -30,6 +30,8 @@ def _thread_gate() -> Iterator[threading.Event]:
 async def test_a_failure_is_reported_and_does_not_stop_the_next_job(
     app: Quart, deferred: QuartDeferred, client: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A failing job is reported through got_background_exception, and the request's next job still
+    runs."""
     reported: list[BaseException] = []
     ran: list[str] = []
 
@@ -61,6 +63,7 @@ async def test_a_failure_is_reported_and_does_not_stop_the_next_job(
 async def test_an_apps_own_handle_background_exception_gets_the_failure(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """An app that overrides handle_background_exception handles job failures itself."""
     handled: list[BaseException] = []
 
     class MyQuart(Quart):
@@ -87,6 +90,8 @@ async def test_an_apps_own_handle_background_exception_gets_the_failure(
 async def test_a_timed_out_job_is_cancelled_and_logged_by_name_and_request(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A job past QUART_DEFERRED_TASK_TIMEOUT is cancelled, logged with its name and request, and
+    the next job runs."""
     app.config["QUART_DEFERRED_TASK_TIMEOUT"] = 0.05
     cancelled = asyncio.Event()
     ran: list[str] = []
@@ -216,6 +221,7 @@ async def test_a_waiting_batch_does_not_hold_back_the_ones_queued_behind_it(
 async def test_join_waits_for_work_added_while_it_waits(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """join() also waits for work that running jobs start meanwhile."""
     done: list[str] = []
 
     async def second() -> None:
@@ -239,6 +245,7 @@ async def test_join_waits_for_work_added_while_it_waits(
 async def test_join_timeout_raises_the_builtin_timeout_error(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """join(timeout=...) raises TimeoutError saying how many jobs wait and run."""
     release = asyncio.Event()
 
     @app.get("/")
@@ -254,6 +261,7 @@ async def test_join_timeout_raises_the_builtin_timeout_error(
 
 
 async def test_stats_add_up_at_every_step(app: Quart, deferred: QuartDeferred) -> None:
+    """scheduled equals the sum of the other counters in every snapshot, taken while jobs run."""
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
     snapshots: list[Stats] = []
     gate = asyncio.Event()
@@ -284,6 +292,7 @@ async def test_stats_add_up_at_every_step(app: Quart, deferred: QuartDeferred) -
 async def test_drain_at_shutdown_finishes_what_it_can_and_logs_what_it_cancels(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """At shutdown, quick work finishes within the drain; what is left is cancelled and named."""
     app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0.2
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
     finished: list[str] = []
@@ -337,6 +346,8 @@ async def test_a_sync_job_running_at_shutdown_is_not_called_cancelled(
     thread_gate: threading.Event,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A plain job still on its thread at shutdown is logged as still running, never as
+    cancelled."""
     app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0.1
     on_thread = threading.Event()
     finished = threading.Event()
@@ -364,6 +375,8 @@ async def test_a_sync_job_running_at_shutdown_is_not_called_cancelled(
 async def test_work_arriving_after_shutdown_is_logged_not_lost(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Work started after the runner shut down is logged as cancelled, not dropped silently."""
+
     async def job() -> None:
         pass
 
@@ -379,6 +392,7 @@ async def test_work_arriving_after_shutdown_is_logged_not_lost(
 async def test_start_soon_runs_now_in_the_request_context(
     app: Quart, deferred: QuartDeferred, client: Client
 ) -> None:
+    """start_soon work starts at once, in the request's context, before the view returns."""
     order: list[str] = []
     release = asyncio.Event()
 
@@ -401,6 +415,7 @@ async def test_start_soon_runs_now_in_the_request_context(
 async def test_start_soon_outside_a_request_gets_an_app_context(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """start_soon outside any context runs the job in a fresh app context of the app."""
     from quart import current_app, has_request_context
 
     seen: list[Any] = []
@@ -416,6 +431,7 @@ async def test_start_soon_outside_a_request_gets_an_app_context(
 async def test_hypercorn_stopping_drains_and_logs_what_it_cancels(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Stopping a served hypercorn drains quick work and names the job it cancels."""
     app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0.2
     started = asyncio.Event()
     finished: list[str] = []
@@ -447,6 +463,7 @@ async def test_hypercorn_stopping_drains_and_logs_what_it_cancels(
 async def test_work_started_before_serving_is_kept_and_drained(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """Work started in a before_serving function is kept by the serving runner and drained."""
     ran: list[str] = []
     release = asyncio.Event()
 
@@ -505,6 +522,7 @@ async def test_max_pending_refuses_new_work_and_drops_nothing_accepted(
 
 
 async def test_start_soon_is_refused_too(app: Quart, deferred: QuartDeferred) -> None:
+    """QUART_DEFERRED_MAX_PENDING refuses start_soon work with OverloadedError as well."""
     app.config["QUART_DEFERRED_MAX_CONCURRENCY"] = 1
     app.config["QUART_DEFERRED_MAX_PENDING"] = 1
     release = asyncio.Event()

@@ -54,6 +54,8 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_response(
     served: ServerProcess, body: str
 ) -> None:
+    """Under each server, a client that closes as soon as it has every promised byte got a complete
+    response."""
     ids = [f"{body}-{served.name}-{number}" for number in range(REQUESTS)]
     for request_id in ids:
         await wait(read_promised_then_close(served.port, f"/{body}/{request_id}"))
@@ -65,6 +67,7 @@ async def test_a_client_that_closes_once_it_has_every_byte_got_a_complete_respon
 async def test_a_failed_request_and_a_stream_left_midway_run_the_failure_work(
     served: ServerProcess,
 ) -> None:
+    """Under each server, a 500 and a stream the client left midway run when='failure' work."""
     assert (await served.get(f"/error/error-{served.name}"))[0] == 500
     reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
     writer.write(f"GET /stream/stream-{served.name} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
@@ -79,6 +82,7 @@ async def test_a_failed_request_and_a_stream_left_midway_run_the_failure_work(
 
 
 async def test_keep_alive_is_not_held_by_post_response_work(served: ServerProcess) -> None:
+    """The next request on a keep-alive connection does not wait for the previous one's work."""
     async with await Connection.open("127.0.0.1", served.port) as connection:
         assert await connection.get(f"/slow-job/ka-{served.name}") == (200, b"ok")
         began = time.monotonic()
@@ -115,6 +119,7 @@ async def test_websocket_outcomes(served: ServerProcess) -> None:
 
 @pytest.mark.parametrize("server", SERVERS)
 async def test_sigterm_drains_and_names_what_it_cancels(server: str) -> None:
+    """SIGTERM drains, names the job it cancels, and the server exits within the timeout."""
     async with serving(server, APP, env=ENV) as served:
         assert await served.get("/long-job/drained") == (200, b"ok")
         await wait(served.saw("started long job drained"))

@@ -20,6 +20,7 @@ MARGIN = 3.0  # Hypercorn's own graceful close, the workers' unwinding, process 
 
 
 async def test_sigterm_under_load_every_callback_completes_or_is_logged_cancelled() -> None:
+    """SIGTERM during load: every callback either completed or was logged as cancelled."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

@@ -103,6 +103,8 @@ async def test_awaiting_a_cancelled_future_is_a_failure_not_a_shutdown(
 async def test_a_callable_whose_name_raises_is_still_run_and_reported(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A callable whose __qualname__ raises still runs, and its failure is reported."""
+
     class Nameless:
         def __getattribute__(self, name: str) -> Any:
             if name == "__qualname__":
@@ -271,6 +273,7 @@ async def test_a_non_awaiting_chain_does_not_freeze_the_loop(
 async def test_one_request_with_100000_jobs_does_not_freeze_the_loop(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """100,000 tiny jobs of one request leave the event loop responsive."""
     done = 0
 
     async def tiny() -> None:
@@ -326,6 +329,7 @@ async def test_a_job_that_blocks_the_loop_is_reported_once_and_counts_past_its_t
 async def test_a_job_that_ignores_its_timeout_is_let_go_of_and_the_batch_goes_on(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A job that swallows its timeout's cancellation is let go of, and the next job runs."""
     app.config["QUART_DEFERRED_TASK_TIMEOUT"] = 0.05
     ran: list[str] = []
 
@@ -424,6 +428,7 @@ async def test_max_pending_counts_the_jobs_of_requests_still_in_flight(
 
 
 async def test_max_pending_holds_without_a_lifespan_or_runner(app: Quart) -> None:
+    """QUART_DEFERRED_MAX_PENDING is enforced before any runner exists."""
     app.config["QUART_DEFERRED_MAX_PENDING"] = 5
     accepted = 0
 
@@ -485,6 +490,7 @@ def test_a_loop_that_ended_with_work_queued_is_accounted_for_and_the_next_starts
 
 
 async def test_polling_join_keeps_nothing(app: Quart, deferred: QuartDeferred) -> None:
+    """join(timeout=0) polling leaves no waiter behind."""
     release = asyncio.Event()
 
     @app.get("/")
@@ -513,6 +519,7 @@ async def test_polling_join_keeps_nothing(app: Quart, deferred: QuartDeferred) -
 
 
 async def test_join_from_inside_a_job_is_a_clear_error(app: Quart, deferred: QuartDeferred) -> None:
+    """join() from inside a job is refused: it would wait for itself."""
     errors: list[BaseException] = []
 
     async def joins() -> None:
@@ -544,6 +551,7 @@ async def test_join_from_inside_a_job_is_a_clear_error(app: Quart, deferred: Qua
     ],
 )
 def test_nan_inf_and_wrong_types_are_refused_at_init(key: str, value: object) -> None:
+    """NaN, infinite and wrongly typed config values are refused at init, naming the key."""
     app = Quart(__name__)
     app.config[key] = value
     with pytest.raises(InvalidOptionError, match=key):
@@ -553,6 +561,7 @@ def test_nan_inf_and_wrong_types_are_refused_at_init(key: str, value: object) ->
 async def test_config_set_after_init_app_is_checked_when_it_is_read(
     app: Quart, deferred: QuartDeferred
 ) -> None:
+    """A bad config value set after init_app is refused when the runner reads it."""
     app.config["QUART_DEFERRED_TASK_TIMEOUT"] = math.nan
     with pytest.raises(LifespanError, match="QUART_DEFERRED_TASK_TIMEOUT must be a finite"):
         async with app.test_app():
@@ -560,6 +569,7 @@ async def test_config_set_after_init_app_is_checked_when_it_is_read(
 
 
 def test_wrong_types_get_clear_errors(app: Quart, deferred: QuartDeferred) -> None:
+    """Wrong argument types to stats, after_response and render_prometheus get clear errors."""
     with pytest.raises(InvalidOptionError, match="not a Quart app"):
         deferred.stats(app=object())  # type: ignore[arg-type]
     with pytest.raises(InvalidCallbackError, match="got None"):
@@ -573,6 +583,8 @@ def test_wrong_types_get_clear_errors(app: Quart, deferred: QuartDeferred) -> No
 async def test_control_characters_from_the_request_cannot_forge_log_lines(
     app: Quart, deferred: QuartDeferred, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Control characters in a request path are escaped in log lines."""
+
     async def fails() -> None:
         raise ValueError("planned")
 

@@ -70,6 +70,8 @@ async def _serve_orders(app: Quart, deferred: QuartDeferred, *kinds: str) -> int
 async def test_a_job_span_is_linked_to_the_request_span_not_a_child(
     app: Quart, deferred: QuartDeferred, exporter: InMemorySpanExporter
 ) -> None:
+    """A job's span is linked to the request's span, not its child, and is current while the job
+    runs."""
     request_span_id = await _serve_orders(app, deferred, "ok")
     spans = job_spans(exporter)
     job = spans["ok"]
@@ -95,6 +97,7 @@ async def test_a_job_span_is_linked_to_the_request_span_not_a_child(
 async def test_failure_and_timeout_are_marked_on_their_spans(
     app: Quart, deferred: QuartDeferred, exporter: InMemorySpanExporter
 ) -> None:
+    """Failed and timed-out jobs have their outcome and an error status on their spans."""
     app.config["QUART_DEFERRED_TASK_TIMEOUT"] = 0.05
     await _serve_orders(app, deferred, "error", "timeout")
     spans = job_spans(exporter)
@@ -110,6 +113,7 @@ async def test_failure_and_timeout_are_marked_on_their_spans(
 async def test_a_job_cancelled_at_shutdown_says_so_on_its_span(
     app: Quart, deferred: QuartDeferred, exporter: InMemorySpanExporter
 ) -> None:
+    """A job cancelled at shutdown has outcome 'cancelled' on its span."""
     app.config["QUART_DEFERRED_SHUTDOWN_TIMEOUT"] = 0
     started = asyncio.Event()
 
@@ -131,6 +135,7 @@ async def test_a_job_cancelled_at_shutdown_says_so_on_its_span(
 
 
 def test_importing_the_package_does_not_import_opentelemetry() -> None:
+    """Importing the package does not import OpenTelemetry."""
     code = "import quart_deferred, sys; print('opentelemetry' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
