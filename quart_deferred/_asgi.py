@@ -306,7 +306,7 @@ class PostResponseMiddleware:
         self.state = state
         # Wrapping Quart's own asgi_app, send HTTP requests straight to the app's
         # asgi_http_class, as that method would: one coroutine level less on every
-        # request (about 1 µs here). Any other app (another middleware) is called.
+        # request. Any other app (another middleware) is called.
         self._direct_http = (
             getattr(app, "__func__", None) is Quart.asgi_app
             and getattr(app, "__self__", None) is state.app

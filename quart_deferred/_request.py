@@ -79,7 +79,7 @@ def state_on_g(source: BaseRequestWebsocket) -> RequestState:
     app_ctx = app_context()
     assert app_ctx is not None  # A request context implies an app context.
     g = app_ctx.g
-    # g.__dict__, not getattr(): Flask's g raises and catches on a miss (1.5 µs).
+    # g.__dict__, not getattr(): Flask's g raises and catches an exception on a miss.
     state: RequestState | None = g.__dict__.get(G_KEY)
     # `g` can outlive one request (an app context pushed around several test
     # requests), so the state must belong to *this* request to be reused.
