@@ -1,4 +1,5 @@
-"""How ``deferred.wait_for(response)`` finds the request a test client response answered.
+"""``deferred.wait_for(response)``: find the request a test client response answered, and
+wait for its work.
 
 Quart's test client builds its response object after the ASGI call, from
 what the app sent, so nothing on it points back at the exchange. For the
@@ -11,10 +12,14 @@ plugin, so installing the package changes no other project's tests.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from hypercorn.typing import ASGISendCallable
+
+from .exceptions import ContextError
 
 RESPONSE_ATTRIBUTE = "quart_deferred_exchange"
 
@@ -42,6 +47,21 @@ def mark_response(send: ASGISendCallable, exchange: object) -> None:
         pass
 
 
-def exchange_of_response(response: object) -> Any:
-    """The exchange that :func:`mark_response` put on *response*, or ``None``."""
-    return getattr(response, RESPONSE_ATTRIBUTE, None)
+async def work_of(response: object, timeout: float | None) -> list[BaseException]:  # noqa: ASYNC109
+    """Wait for the work of the exchange *response* answered: ``deferred.wait_for()``."""
+    exchange = getattr(response, RESPONSE_ATTRIBUTE, None)
+    if exchange is None:
+        msg = (
+            f"deferred.wait_for() cannot tell which request {response!r} answered. It "
+            "takes a response from app.test_client() of an app wrapped by this "
+            "QuartDeferred. For other clients, use await deferred.join()."
+        )
+        raise ContextError(msg)
+    # Set by post_response.hand_over for the exchanges of the test client that had work.
+    done: asyncio.Future[list[BaseException]] | None = getattr(exchange, "work_done", None)
+    if done is None:  # The request left no post-response work.
+        return []
+    with anyio.move_on_after(timeout):
+        return list(await asyncio.shield(done))
+    msg = f"deferred.wait_for() gave up after {timeout}s; the work is still going."
+    raise TimeoutError(msg)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from contextvars import copy_context
-import inspect
 import logging
 import math
 from typing import Any, overload, ParamSpec, TypeVar
@@ -16,7 +14,7 @@ import anyio
 from quart import Quart
 from quart.signals import got_websocket_exception
 
-from ._asgi import capture_context, Exchange, PostResponseMiddleware, websocket_failed
+from ._asgi import capture_context, PostResponseMiddleware, websocket_failed
 from ._compat import app_context, current_source
 from ._config import (
     DEFAULTS,
@@ -27,10 +25,10 @@ from ._config import (
     whole_number,
 )
 from ._request import on_event_loop
-from ._test_client import exchange_of_response
+from ._test_client import work_of
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import Batch, callable_name, check_when, Hook, is_async, Job, When
+from .jobs import Batch, check_when, Hook, is_async, Job, When
 from .metrics import Stats
 from .queues import QueueAdapter
 
@@ -181,8 +179,7 @@ class QuartDeferred:
         check_when(when, "after_response")
 
         def register(hook: HookT) -> HookT:
-            awaited = is_async(hook, "after_response")
-            self.hooks = (*self.hooks, Hook(hook, awaited, _takes_delivery(hook), when))
+            self.hooks = (*self.hooks, Hook.of(hook, when))
             for app in self._apps:
                 _install_capture(app)
             return hook
@@ -274,21 +271,7 @@ class QuartDeferred:
         Returns:
             The errors that work raised (timeouts as ``TimeoutError``), or ``[]``.
         """
-        exchange: Exchange | None = exchange_of_response(response)
-        if exchange is None:
-            msg = (
-                f"deferred.wait_for() cannot tell which request {response!r} answered. It "
-                "takes a response from app.test_client() of an app wrapped by this "
-                "QuartDeferred. For other clients, use await deferred.join()."
-            )
-            raise ContextError(msg)
-        done: asyncio.Future[list[BaseException]] | None = getattr(exchange, "work_done", None)
-        if done is None:  # The request left no post-response work.
-            return []
-        with anyio.move_on_after(timeout):
-            return list(await asyncio.shield(done))
-        msg = f"deferred.wait_for() gave up after {timeout}s; the work is still going."
-        raise TimeoutError(msg)
+        return await work_of(response, timeout)
 
     def stats(self, app: Quart | None = None) -> Stats:
         """Return a snapshot of the counters of *app* (default: current or only app)."""
@@ -331,21 +314,3 @@ def _install_capture(app: Quart) -> None:
     functions = app.before_request_funcs.setdefault(None, [])
     if capture_context not in functions:
         functions.insert(0, capture_context)
-
-
-def _takes_delivery(func: Callable[..., Any]) -> bool:
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):  # Some builtins have no signature; call them bare.
-        return False
-    for args in ((None,), ()):
-        try:
-            signature.bind(*args)
-        except TypeError:
-            continue
-        return bool(args)
-    msg = (
-        f"The after_response hook {callable_name(func)} cannot be called with no "
-        "argument, nor with one Delivery. Give it no parameters, or one."
-    )
-    raise InvalidCallbackError(msg)

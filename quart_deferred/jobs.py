@@ -37,6 +37,11 @@ class Hook:
     takes_delivery: bool
     when: When
 
+    @classmethod
+    def of(cls, func: Callable[..., Any], when: When) -> Hook:
+        """Check *func* for ``@deferred.after_response`` and make it a hook."""
+        return cls(func, is_async(func, "after_response"), _takes_delivery(func), when)
+
     def job_for(self, delivery: object) -> Job:
         args = (delivery,) if self.takes_delivery else ()
         return Job(self.func, args, {}, self.is_async, self.when)
@@ -248,3 +253,21 @@ def callable_name(func: object) -> str:
         return f"{module}.{owner.__qualname__}" if module else str(owner.__qualname__)
     except Exception:  # A __qualname__ or __module__ property that raises.
         return f"<a {type(func).__name__} object>"
+
+
+def _takes_delivery(func: Callable[..., Any]) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # Some builtins have no signature; call them bare.
+        return False
+    for args in ((None,), ()):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        return bool(args)
+    msg = (
+        f"The after_response hook {callable_name(func)} cannot be called with no "
+        "argument, nor with one Delivery. Give it no parameters, or one."
+    )
+    raise InvalidCallbackError(msg)
