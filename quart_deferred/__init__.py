@@ -7,7 +7,8 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``callbacks``: ``after_this_request`` and the dispatcher that calls its callbacks.
 - ``post_response``: ``after_this_response``, ``Delivery``, and ``hand_over``, the one
   place that applies ``when`` and the app-wide hooks once an exchange has ended.
-- ``_asgi``: the middleware, and the HTTP and websocket exchanges that watch the messages.
+- ``_asgi``: the middleware: an exchange per request or connection, the drain at shutdown.
+- ``_exchange``: the HTTP and websocket exchanges, which watch the messages and report once.
 - ``_request``: a request's record (the exchange in its scope, or ``g``) and how to find it.
 - ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.

@@ -1,7 +1,7 @@
 """A request's record of what it registered: the exchange it came through, or ``g``.
 
 A request that came through the ASGI layer has an
-:class:`~quart_deferred._asgi.Exchange` in its scope, one dictionary
+:class:`~quart_deferred._exchange.Exchange` in its scope, one dictionary
 lookup away (:func:`exchange_of`), never shared with another request. The exchange holds both
 kinds of callback: the ``after_this_request`` list that the response-phase
 dispatcher consumes, and the batch of post-response jobs that it hands to
@@ -39,7 +39,7 @@ DISPATCHED: RequestCallbacks = deque(maxlen=0)
 
 
 class RequestRecord(Protocol):
-    """What ``after_this_request`` needs of an exchange (_asgi.Exchange is one)."""
+    """What ``after_this_request`` needs of an exchange (_exchange.Exchange is one)."""
 
     source: BaseRequestWebsocket | None  # The request, once it has registered something.
     request_callbacks: RequestCallbacks | None  # Those not called yet.
@@ -48,7 +48,7 @@ class RequestRecord(Protocol):
 
 
 class WorkRecord(RequestRecord, Protocol):
-    """What post-response registrations need of an exchange (_asgi.Exchange is one)."""
+    """What post-response registrations need of an exchange (_exchange.Exchange is one)."""
 
     app_state: AppState  # The app's counters, keys and runner.
     batch: Batch | None  # The request's post-response jobs and context, from its first job.
@@ -69,7 +69,7 @@ def exchange_of(source: BaseRequestWebsocket) -> Any:
 
     Typed ``Any`` so this module need not know the exchange's class: callers
     annotate what they read (a :class:`RequestRecord`, a :class:`WorkRecord`,
-    or _asgi's ``Exchange`` itself), and only the middleware puts anything under the key.
+    or _exchange's ``Exchange`` itself), and only the middleware puts anything under the key.
     """
     return source.scope.get(SCOPE_KEY)
 

@@ -14,7 +14,7 @@ import anyio
 from quart import Quart
 from quart.signals import got_websocket_exception
 
-from ._asgi import capture_context, PostResponseMiddleware, websocket_failed
+from ._asgi import PostResponseMiddleware
 from ._compat import app_context, current_source
 from ._config import (
     DEFAULTS,
@@ -24,6 +24,7 @@ from ._config import (
     seconds,
     whole_number,
 )
+from ._exchange import capture_context, websocket_failed
 from ._request import on_event_loop
 from ._test_client import work_of
 from .app_state import AppState

@@ -2,7 +2,7 @@
 
 A request registers jobs with :func:`after_this_response` (and
 ``enqueue_after_response``, through :func:`defer`) on the exchange that the
-ASGI layer (_asgi.py) keeps in its scope. That layer watches the response
+ASGI layer (_asgi.py, _exchange.py) keeps in its scope. The exchange watches the response
 go out and, once the exchange is over, reports how it ended to
 :func:`hand_over`, which applies each job's ``when`` (``"success"``: the
 response was complete and its status below 400), adds the app-wide hooks
