@@ -118,7 +118,6 @@ def test_wait_for_needs_no_plugin(project: pytest.Pytester) -> None:
 
 UNTOUCHED_TESTS = """
 from quart import Quart
-from quart.testing import QuartClient
 from quart.testing.connections import TestHTTPConnection
 
 
