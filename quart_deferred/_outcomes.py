@@ -20,7 +20,7 @@ from quart.signals import got_background_exception
 
 from ._compat import handle_background_exception
 from .jobs import Batch, Job, log_fields
-from .metrics import Counters
+from .metrics import Counters, Keys
 from .threads import ThreadCall
 
 logger = logging.getLogger("quart_deferred")
@@ -32,7 +32,7 @@ class Ledger:
     """The accounts of one runner's jobs: its app's counters and keys, and its log lines."""
 
     def __init__(
-        self, app: Quart, counters: Counters, keys: set[str], task_timeout: float | None
+        self, app: Quart, counters: Counters, keys: Keys, task_timeout: float | None
     ) -> None:
         self.app = app
         self.counters = counters
@@ -131,7 +131,7 @@ class Ledger:
                 _log(logging.ERROR, "%s for %s failed.", job, batch, exc=thread_call.error)
         elif state == ThreadCall.NEVER_STARTED:
             if job.key is not None:
-                self.keys.discard(job.key)
+                self.keys.release(job.key)
             if shutdown:
                 self.finish("cancelled")
                 self.log_cancelled(job, batch, "it was still waiting for a free thread")
@@ -197,7 +197,7 @@ class Ledger:
             counters.waiting -= 1
             counters.cancelled += 1
             if job.key is not None:
-                self.keys.discard(job.key)
+                self.keys.release(job.key)
             self.log_cancelled(job, batch, f"it had not started; {reason}")
         batch.next = len(batch.jobs)
 

@@ -21,7 +21,7 @@ from ._compat import current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from .exceptions import OverloadedError
 from .jobs import callable_name, describe, Hook, Job, log_fields
-from .metrics import Counters
+from .metrics import Counters, Keys
 from .runner import TaskRunner
 
 logger = logging.getLogger("quart_deferred")
@@ -42,7 +42,7 @@ class AppState:
         self.extension = extension
         self.app = app
         self.counters = Counters()
-        self.keys: set[str] = set()  # De-duplication keys of work waiting or running.
+        self.keys = Keys()
         # Whether registrations must call admit(): until the limit has been read,
         # and then only while there is one. Checked on every registration.
         self.admitting = True
@@ -116,13 +116,10 @@ class AppState:
 
     def claim_key(self, key: str) -> bool:
         """Take *key*, unless work with it is already waiting or running in this process."""
-        keys = self.keys
-        if key in keys:
-            self.reap()  # A loop that ended may have left the key behind.
-            if key in keys:
-                return False
-        keys.add(key)
-        return True
+        if self.keys.claim(key):
+            return True
+        self.reap()  # A loop that ended may have left the key behind.
+        return self.keys.claim(key)
 
     def handed_over(self, registered: int) -> None:
         """An exchange has ended: its *registered* jobs are no longer held by it."""
@@ -132,7 +129,7 @@ class AppState:
         """Count *job* as skipped (its ``when`` did not match), and free its key."""
         self.counters.skipped += 1
         if job.key is not None:
-            self.keys.discard(job.key)
+            self.keys.release(job.key)
 
     def admit(self, func: object, caller: str) -> None:
         """Refuse new work with ``OverloadedError`` once ``max_pending`` jobs have not started.

@@ -88,6 +88,33 @@ class Stats:
     duration: Latency = Latency()  # From the job's start to its end, whichever way.
 
 
+class Keys:
+    """The de-duplication keys of work waiting or running, in one app.
+
+    Taken with :meth:`claim` when work is registered, freed with
+    :meth:`release` when it ends, whichever way; a plain job frees its key
+    on its own thread (one set operation, atomic under the GIL).
+    """
+
+    __slots__ = ("_taken",)
+
+    def __init__(self) -> None:
+        self._taken: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._taken
+
+    def claim(self, key: str) -> bool:
+        """Take *key*; ``False`` if it is taken already."""
+        if key in self._taken:
+            return False
+        self._taken.add(key)
+        return True
+
+    def release(self, key: str) -> None:
+        self._taken.discard(key)
+
+
 class Counters:
     """The live counters behind :class:`Stats`; they outlive any one runner.
 

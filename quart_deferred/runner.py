@@ -47,7 +47,7 @@ from ._stepping import (
     Watch,
 )
 from .jobs import Batch, Job, log_fields, NO_KWARGS
-from .metrics import Counters, WINDOW
+from .metrics import Counters, Keys, WINDOW
 from .threads import ThreadCall, ThreadPool
 from .tracing import Tracing
 
@@ -66,7 +66,7 @@ class TaskRunner:
         self,
         app: Quart,
         counters: Counters,
-        keys: set[str],
+        keys: Keys,
         *,
         max_concurrency: int,
         task_timeout: float | None,
@@ -278,7 +278,7 @@ class TaskRunner:
                 else:
                     slowest = ended - started - (collecting[0] - collected)
                 if job.key is not None and thread_call is None:
-                    self._keys.discard(job.key)  # A plain job's frees it on its thread.
+                    self._keys.release(job.key)  # A plain job's frees it on its thread.
                 if span is not None:
                     span.end(outcome, failure)
                 if slowest >= SLOW_STEP and job.is_async:
@@ -345,7 +345,7 @@ class TaskRunner:
                 self._ledger.finish("cancelled")
                 self._ledger.log_cancelled(job, batch, f"it was running when {why}")
                 if job.key is not None:
-                    self._keys.discard(job.key)
+                    self._keys.release(job.key)
             self._ledger.cancel_unstarted(batch, why)
         self._tasks.clear()
         self._ledger.flush_unnamed()

@@ -29,6 +29,8 @@ from .jobs import describe, Job, log_fields
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
+    from .metrics import Keys
+
 logger = logging.getLogger("quart_deferred")
 
 
@@ -42,7 +44,7 @@ class ThreadCall:
     NEVER_STARTED, RUNNING, DONE = range(3)
     __slots__ = ("abandoned", "error", "job", "keys", "lock", "source", "state")
 
-    def __init__(self, job: Job, source: BaseRequestWebsocket | None, keys: set[str]) -> None:
+    def __init__(self, job: Job, source: BaseRequestWebsocket | None, keys: Keys) -> None:
         self.job = job
         self.source = source
         self.keys = keys
@@ -88,7 +90,7 @@ class ThreadCall:
 
     def _release_key(self) -> None:
         if self.job.key is not None:
-            self.keys.discard(self.job.key)  # One bytecode under the GIL: safe from a thread.
+            self.keys.release(self.job.key)  # Safe from a thread: see Keys.
 
     def abandon(self) -> int:
         """Stop waiting for the call and return its state: it never will start, is

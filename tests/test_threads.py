@@ -13,6 +13,7 @@ import pytest
 from quart_deferred._stepping import Carried
 from quart_deferred.exceptions import InvalidCallbackError
 from quart_deferred.jobs import Job
+from quart_deferred.metrics import Keys
 from quart_deferred.threads import ThreadCall, ThreadPool
 
 from .conftest import wait
@@ -20,13 +21,10 @@ from .conftest import wait
 variable: contextvars.ContextVar[str] = contextvars.ContextVar("variable", default="unset")
 
 
-def call_of(
-    func: Any, *args: Any, key: str | None = None, keys: set[str] | None = None
-) -> ThreadCall:
+def call_of(func: Any, *args: Any, key: str | None = None, keys: Keys | None = None) -> ThreadCall:
     """A ThreadCall for ``func(*args)``, as the runner makes one for a plain job."""
-    return ThreadCall(
-        Job(func, args, {}, False, "always", key), None, keys if keys is not None else set()
-    )
+    job = Job(func, args, {}, False, "always", key)
+    return ThreadCall(job, None, keys if keys is not None else Keys())
 
 
 async def test_a_call_runs_on_a_daemon_thread_in_a_copy_of_the_context() -> None:
@@ -79,7 +77,8 @@ async def test_at_most_size_threads_and_calls_taken_in_order() -> None:
 async def test_a_call_given_up_on_before_it_started_never_runs_and_frees_its_key() -> None:
     """abandon() before a thread takes it: NEVER_STARTED, the function is not called."""
     ran: list[str] = []
-    keys = {"feed:1"}
+    keys = Keys()
+    keys.claim("feed:1")
     blocker = threading.Event()
     pool = ThreadPool(1, "test-pool")
     loop = asyncio.get_running_loop()
@@ -91,7 +90,7 @@ async def test_a_call_given_up_on_before_it_started_never_runs_and_frees_its_key
     await wait(busy)
     await wait(future)
     assert ran == []
-    assert keys == set()
+    assert "feed:1" not in keys
     pool.close()
 
 
@@ -100,7 +99,8 @@ async def test_a_call_given_up_on_while_running_keeps_its_key_until_it_ends(
 ) -> None:
     """abandon() while it runs: RUNNING; the key is freed, and a line logged, when it ends."""
     caplog.set_level(logging.INFO, logger="quart_deferred")
-    keys = {"feed:1"}
+    keys = Keys()
+    keys.claim("feed:1")
     running = threading.Event()
     release = threading.Event()
 
@@ -113,10 +113,10 @@ async def test_a_call_given_up_on_while_running_keeps_its_key_until_it_ends(
     future = pool.run(asyncio.get_running_loop(), call)
     await wait(asyncio.to_thread(running.wait, 5))
     assert call.abandon() == ThreadCall.RUNNING
-    assert keys == {"feed:1"}  # A second copy cannot start while this one runs.
+    assert "feed:1" in keys  # A second copy cannot start while this one runs.
     release.set()
     await wait(future)
-    assert keys == set()
+    assert "feed:1" not in keys
     assert "finished on its thread after it had been given up on" in caplog.text
     pool.close()
 
