@@ -16,7 +16,8 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
 - ``_stepping``: how the runner steps an async job (timing, its own cancellations).
 - ``threads``: the runner's threads for plain ``def`` jobs.
-- ``metrics``: ``Counters``, ``Stats``, latencies and the Prometheus page.
+- ``metrics``: ``Counters``, ``Keys`` (claimed and released here only), ``Stats``, latencies
+  and the Prometheus page.
 - ``tracing``: OpenTelemetry spans per job.
 - ``exceptions``, ``_config`` (config values checked on every read), ``_compat`` (Quart
   versions, and the only use of Quart's private names).
