@@ -240,9 +240,14 @@ class TaskRunner:
                 if watch is not None and watch.expired:
                     outcome = "timeout"
                     self._ledger.timed_out(job, batch, None, clock() - started, cancelled=True)
-                elif job.is_async and timeout is not None and clock() - started > timeout:
+                elif (
+                    job.is_async
+                    and timeout is not None
+                    # Its own time: garbage collections in its steps are not its doing.
+                    and (took := clock() - started - (collecting[0] - collected)) > timeout
+                ):
                     outcome = "timeout"
-                    self._ledger.timed_out(job, batch, None, clock() - started, cancelled=False)
+                    self._ledger.timed_out(job, batch, None, took, cancelled=False)
                 else:
                     outcome = "ok"
                     counters.running -= 1
