@@ -244,7 +244,7 @@ class WebsocketExchange(Exchange):
     ) -> None:
         super().__init__(app_state, send, receive, ())
         self._held: TaskRunner | None = None
-        self.failed = False  # The handler raised: see handler_failed().
+        self.failed = False  # The handler raised: see websocket_failed().
 
     async def send_websocket(self, message: ASGISendEvent) -> None:
         event: dict[str, Any] = message  # type: ignore[assignment]

@@ -38,9 +38,9 @@ class Ledger:
         self.counters = counters
         self.keys = keys  # De-duplication keys of work waiting or running.
         self.task_timeout = task_timeout
-        self.slow_names: set[str] = set()  # Jobs already reported for blocking the loop.
-        self.named = 0  # Cancelled jobs logged by name so far.
-        self.unnamed: Counter[str] = Counter()  # The rest, by job name.
+        self._slow_names: set[str] = set()  # Jobs already reported for blocking the loop.
+        self._named = 0  # Cancelled jobs logged by name so far.
+        self._unnamed: Counter[str] = Counter()  # The rest, by job name.
 
     def timed_out(
         self,
@@ -98,9 +98,9 @@ class Ledger:
         )
 
     def blocked(self, job: Job, batch: Batch, took: float) -> None:
-        if job.name in self.slow_names:
+        if job.name in self._slow_names:
             return
-        self.slow_names.add(job.name)
+        self._slow_names.add(job.name)
         _log(
             logging.WARNING,
             "%s for %s blocked the event loop for %.3fs in one step (no await in between); "
@@ -202,18 +202,18 @@ class Ledger:
         batch.next = len(batch.jobs)
 
     def log_cancelled(self, job: Job, batch: Batch, why: str) -> None:
-        if self.named < NAMED_CANCELLATIONS:
-            self.named += 1
+        if self._named < NAMED_CANCELLATIONS:
+            self._named += 1
             _log(logging.WARNING, "Cancelled %s for %s at shutdown: %s.", job, batch, why)
         else:  # Logging each of a million jobs would take longer than any drain.
-            self.unnamed[job.name] += 1
+            self._unnamed[job.name] += 1
 
     def flush_unnamed(self) -> None:
-        if not self.unnamed:
+        if not self._unnamed:
             return
-        total = sum(self.unnamed.values())
-        names = ", ".join(f"{count} x {name}" for name, count in self.unnamed.most_common())
-        self.unnamed.clear()
+        total = sum(self._unnamed.values())
+        names = ", ".join(f"{count} x {name}" for name, count in self._unnamed.most_common())
+        self._unnamed.clear()
         logger.warning(
             "Cancelled %d more jobs at shutdown, past the first %d named above: %s.",
             total,
