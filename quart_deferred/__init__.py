@@ -10,6 +10,11 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_asgi``: the middleware: an exchange per request or connection, the drain at shutdown.
 - ``_exchange``: the HTTP and websocket exchanges, which watch the messages and report once.
 - ``_request``: a request's record (the exchange in its scope, or ``g``) and how to find it.
+- ``tasks``: ``@deferred.task`` (``Task``), ``current_job()``, argument encoding.
+- ``_durable``: how tasks run: attempts, retries with backoff, records written before the
+  final send, leases, the claim of jobs left by earlier processes, what is kept at shutdown.
+- ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
+  SQLite store (one writer thread, group commit, WAL).
 - ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
 - ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
@@ -40,11 +45,13 @@ from .extension import QuartDeferred
 from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
 from .post_response import after_this_response, Delivery
 from .queues import enqueue_after_response, QueueAdapter
+from .tasks import current_job, CurrentJob, Task
 
 __version__ = "0.1.0"  # Also in pyproject.toml; a test checks that the two agree.
 
 __all__ = [
     "ContextError",
+    "CurrentJob",
     "DeferredError",
     "Delivery",
     "EnqueueError",
@@ -58,8 +65,10 @@ __all__ = [
     "QuartDeferred",
     "QueueAdapter",
     "Stats",
+    "Task",
     "after_this_request",
     "after_this_response",
+    "current_job",
     "enqueue_after_response",
     "render_prometheus",
 ]

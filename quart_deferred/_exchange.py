@@ -144,6 +144,10 @@ class Exchange:
         runner = self.app_state.runner()
         runner.hold()
         try:
+            batch = self.batch
+            if batch is not None and batch.calls is not None:
+                # Durable work on disk before the client can hold a complete response.
+                await batch.calls[0].runtime.promise(batch.calls)
             await self._send(message)
         except BaseException:
             self.finish(complete=False, runner=runner)

@@ -21,6 +21,7 @@ from quart.signals import got_background_exception
 from ._compat import handle_background_exception
 from .jobs import Batch, Job, log_fields
 from .metrics import Counters, Keys
+from .tasks import TaskCall
 from .threads import ThreadCall
 
 logger = logging.getLogger("quart_deferred")
@@ -81,7 +82,7 @@ class Ledger:
 
     def ignored_cancellation(self, job: Job, batch: Batch, *, closed: bool) -> None:
         if closed:
-            self.finish("cancelled")
+            self.finish("kept" if _journaled(job) else "cancelled")
             why = "at shutdown"
         else:
             self.finish("timed_out")
@@ -195,14 +196,30 @@ class Ledger:
         counters = self.counters
         for job in batch.jobs[batch.next :]:
             counters.waiting -= 1
-            counters.cancelled += 1
             if job.key is not None:
                 self.keys.release(job.key)
+            if _journaled(job):
+                counters.kept += 1
+            else:
+                counters.cancelled += 1
             self.log_cancelled(job, batch, f"it had not started; {reason}")
         batch.next = len(batch.jobs)
 
+    def cancel_running(self, job: Job, batch: Batch, why: str) -> None:
+        """Account for a running job cancelled at shutdown (or kept, if it is journaled)."""
+        self.finish("kept" if _journaled(job) else "cancelled")
+        self.log_cancelled(job, batch, why)
+
     def log_cancelled(self, job: Job, batch: Batch, why: str) -> None:
-        if self._named < NAMED_CANCELLATIONS:
+        if _journaled(job):
+            _log(
+                logging.INFO,
+                "Kept %s for %s in the journal at shutdown (%s): the next start runs it.",
+                job,
+                batch,
+                why,
+            )
+        elif self._named < NAMED_CANCELLATIONS:
             self._named += 1
             _log(logging.WARNING, "Cancelled %s for %s at shutdown: %s.", job, batch, why)
         else:  # Logging each of a million jobs would take longer than any drain.
@@ -221,6 +238,11 @@ class Ledger:
             names,
             extra=log_fields(None, None),
         )
+
+
+def _journaled(job: Job) -> bool:
+    func = job.func
+    return type(func) is TaskCall and func.runtime.journal is not None
 
 
 def _log(

@@ -19,10 +19,12 @@ from quart import Quart
 
 from ._compat import current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
+from ._durable import open_journal, Runtime
 from .exceptions import OverloadedError
 from .jobs import callable_name, describe, Hook, Job, log_fields
 from .metrics import Counters, Keys
 from .runner import TaskRunner
+from .tasks import Task
 
 logger = logging.getLogger("quart_deferred")
 
@@ -33,6 +35,7 @@ class Owner(Protocol):
     overrides: dict[str, Any]  # Init arguments, as config keys: they win over app.config.
     hooks: tuple[Hook, ...]  # App-wide @deferred.after_response functions, added to later.
     queues: tuple[Any, ...]  # The queues.QueueAdapter instances added with add_queue().
+    tasks: dict[str, Task[..., Any]]  # The functions registered with @deferred.task, by name.
 
 
 class AppState:
@@ -51,6 +54,7 @@ class AppState:
         # Whether the server sent lifespan.startup, or we said once that it did not.
         self.lifespan_known = False
         self._runner: TaskRunner | None = None
+        self._durable: Runtime | None = None
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -63,6 +67,21 @@ class AppState:
         if runner is None or runner.loop is not asyncio.get_running_loop():
             runner = self.open_runner()
         return runner
+
+    def durable(self) -> Runtime:
+        """Return what runs the app's tasks, with its journal if one is configured."""
+        durable = self._durable
+        if durable is None:
+            config = self.config
+            url = config["QUART_DEFERRED_JOURNAL"]
+            durable = self._durable = Runtime(
+                self.app,
+                self.extension.tasks,
+                None if url is None else open_journal(url),
+                seconds(config, "QUART_DEFERRED_LEASE"),
+                self.runner,
+            )
+        return durable
 
     def open_runner(self) -> TaskRunner:
         self.reap()
@@ -210,6 +229,7 @@ class AppState:
         runner = self.current_runner
         if runner is None or runner.closed:  # Keep one a before_serving function started.
             self.open_runner()
+        await self.durable().start()  # Before the first request: jobs left by earlier processes.
         yield
         await self.drain()
 
@@ -218,3 +238,5 @@ class AppState:
         runner = self.current_runner
         if runner is not None and not runner.closed:
             await runner.shutdown(seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
+            if self._durable is not None:
+                await self._durable.close()

@@ -24,6 +24,7 @@ from ._config import (
     seconds,
     whole_number,
 )
+from ._durable import open_journal
 from ._exchange import capture_context, websocket_failed
 from ._request import on_event_loop
 from ._test_client import work_of
@@ -32,8 +33,10 @@ from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, 
 from .jobs import Batch, check_when, Hook, is_async, Job, When
 from .metrics import Stats
 from .queues import QueueAdapter
+from .tasks import JSON, register_task, Serializer, Task
 
 P = ParamSpec("P")
+R = TypeVar("R")
 HookT = TypeVar("HookT", bound=Callable[..., Any])
 
 logger = logging.getLogger("quart_deferred")
@@ -68,6 +71,9 @@ class QuartDeferred:
         log_arguments: Overrides ``QUART_DEFERRED_LOG_ARGUMENTS``.
         queues: Adapters for task queues besides Celery and taskiq, for
             ``enqueue_after_response``; see ``QueueAdapter``.
+        journal: Overrides ``QUART_DEFERRED_JOURNAL``: where tasks are kept
+            until they have run (``"sqlite:////var/lib/myapp/deferred.sqlite3"``).
+        lease: Overrides ``QUART_DEFERRED_LEASE``.
     """
 
     def __init__(
@@ -83,6 +89,8 @@ class QuartDeferred:
         enqueue_timeout: float | None = None,
         log_arguments: bool | Callable[[tuple[Any, ...], dict[str, Any]], str] | None = None,
         queues: Iterable[QueueAdapter] = (),
+        journal: str | None = None,
+        lease: float | None = None,
     ) -> None:
         self.queues: tuple[QueueAdapter, ...] = ()
         for adapter in queues:
@@ -98,10 +106,13 @@ class QuartDeferred:
                 ("QUART_DEFERRED_ENQUEUE_RETRIES", enqueue_retries),
                 ("QUART_DEFERRED_ENQUEUE_TIMEOUT", enqueue_timeout),
                 ("QUART_DEFERRED_LOG_ARGUMENTS", log_arguments),
+                ("QUART_DEFERRED_JOURNAL", journal),
+                ("QUART_DEFERRED_LEASE", lease),
             )
             if value is not None
         }
         self.hooks: tuple[Hook, ...] = ()
+        self.tasks: dict[str, Task[..., Any]] = {}
         self._apps: weakref.WeakSet[Quart] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -133,6 +144,9 @@ class QuartDeferred:
         whole_number(config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
         seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT")
         log_arguments(config)
+        seconds(config, "QUART_DEFERRED_LEASE")
+        if config["QUART_DEFERRED_JOURNAL"] is not None:
+            open_journal(config["QUART_DEFERRED_JOURNAL"])  # Its URL checked; opened at the start.
         if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
@@ -187,6 +201,64 @@ class QuartDeferred:
 
         return register if func is _MISSING else register(func)
 
+    # Tasks
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 3,
+        retry_delay: float = 1.0,
+        max_delay: float = 300.0,
+        serializer: Serializer = JSON,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(
+        self,
+        func: Any = _MISSING,
+        /,
+        *,
+        name: str | None = None,
+        retries: int = 3,
+        retry_delay: float = 1.0,
+        max_delay: float = 300.0,
+        serializer: Serializer = JSON,
+    ) -> Any:
+        """Register a module-level function as a task: journaled, retried, run at least once.
+
+        ::
+
+            @deferred.task(retries=5)
+            async def send_welcome_mail(address: str) -> None: ...
+
+            after_this_response(send_welcome_mail, user.email, when="success")
+
+        With a journal (``QUART_DEFERRED_JOURNAL``), the call is on disk before
+        the client has a complete response and runs at least once, whatever
+        happens to the process; without one it runs in memory, with its
+        retries. Either way it runs in a fresh app context, without
+        ``request``, ``g`` or ``session``, and gets its arguments back from the
+        serializer (JSON by default).
+
+        Arguments:
+            name: The name the journal keeps it under; defaults to
+                ``module.qualname``. Renaming a task strands its waiting jobs.
+            retries: Attempts after the first, with exponential backoff and jitter.
+            retry_delay: Seconds before the first retry; doubled for each next one.
+            max_delay: The most seconds between two attempts.
+            serializer: An object with ``dumps`` and ``loads``, as ``json``.
+        """
+
+        def register(decorated: Callable[P, R]) -> Task[P, R]:
+            return register_task(
+                self.tasks, decorated, name, retries, retry_delay, max_delay, serializer
+            )
+
+        return register if func is _MISSING else register(func)
+
     def add_queue(self, adapter: QueueAdapter) -> None:
         """Teach ``enqueue_after_response`` another task queue (tried before the built-ins)."""
         if not isinstance(adapter, QueueAdapter):
@@ -210,7 +282,9 @@ class QuartDeferred:
         Arguments:
             func: The function to call; ``async def`` functions are awaited.
         """
-        job = Job(func, args, kwargs, is_async(func, "start_soon"), "always")
+        task = func if type(func) is Task else None
+        if task is None:
+            job = Job(func, args, kwargs, is_async(func, "start_soon"), "always")
         if not on_event_loop():
             msg = (
                 "deferred.start_soon() was called with no event loop running in this "
@@ -221,6 +295,11 @@ class QuartDeferred:
         state = self._state(None)
         app_ctx = app_context()
         fresh = app_ctx is None or app_ctx.app is not state.app
+        if task is not None:  # Not promised to a client: written without waiting.
+            durable = state.durable()
+            job = durable.job_for(task, args, kwargs, "always", None, "start_soon", "start_soon")
+            if durable.journal is not None:
+                durable.write_later([job.func])  # type: ignore[list-item]  # A TaskCall.
         if state.admitting:
             state.admit(func, "start_soon")
         state.runner().submit(Batch([job], copy_context(), current_source(), fresh))

@@ -47,6 +47,13 @@ class Hook:
         return Job(self.func, args, {}, self.is_async, self.when)
 
 
+class NamedCall:
+    """A callable that names itself in log lines: a durable task's call (tasks.TaskCall)."""
+
+    __slots__ = ("name",)
+    name: str
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     """One deferred call: ``func(*args, **kwargs)``, run once ``when`` matches."""
@@ -75,6 +82,7 @@ class Batch:
     """
 
     __slots__ = (
+        "calls",
         "context",
         "done",
         "errors",
@@ -99,6 +107,7 @@ class Batch:
         self.context = context
         self.source = source
         self.fresh_app_context = fresh_app_context
+        self.calls: list[Any] | None = None  # Its journaled tasks' calls (tasks.TaskCall).
         self.next = 0  # The index of the next job to run.
         self.started = False  # Whether its task has begun to run it.
         self.handed_at = 0.0  # time.perf_counter() when the runner took it.
@@ -246,6 +255,8 @@ def callable_name(func: object) -> str:
     Never raises: a name is needed to report the job, whatever the job is.
     """
     try:
+        if isinstance(func, NamedCall):
+            return func.name
         if isinstance(func, functools.partial):
             return f"partial({callable_name(func.func)})"
         owner: Any = func if hasattr(func, "__qualname__") else type(func)

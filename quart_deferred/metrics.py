@@ -83,6 +83,7 @@ class Stats:
     failed: int = 0
     timed_out: int = 0
     cancelled: int = 0
+    kept: int = 0  # Tasks left in the journal at shutdown, for the next start.
     skipped: int = 0
     wait: Latency = Latency()  # From the final send (or start_soon) to the job's start.
     duration: Latency = Latency()  # From the job's start to its end, whichever way.
@@ -128,6 +129,7 @@ class Counters:
         "duration",
         "failed",
         "held",
+        "kept",
         "running",
         "scheduled",
         "skipped",
@@ -139,7 +141,7 @@ class Counters:
 
     def __init__(self) -> None:
         self.scheduled = self.waiting = self.running = self.succeeded = 0
-        self.failed = self.timed_out = self.cancelled = self.skipped = 0
+        self.failed = self.timed_out = self.cancelled = self.kept = self.skipped = 0
         self.held = 0
         self.wait = LatencyRecorder()
         self.duration = LatencyRecorder()
@@ -153,6 +155,7 @@ class Counters:
             self.failed,
             self.timed_out,
             self.cancelled,
+            self.kept,
             self.skipped,
             self.wait.snapshot(),
             self.duration.snapshot(),
@@ -199,7 +202,7 @@ def _lines(stats: Stats, labels: str) -> Iterator[str]:
     yield family("jobs_running", "gauge", "Jobs running now.")
     yield sample("jobs_running", stats.running)
     yield family("jobs_finished_total", "counter", "Jobs that ended, by outcome.")
-    for outcome in ("succeeded", "failed", "timed_out", "cancelled"):
+    for outcome in ("succeeded", "failed", "timed_out", "cancelled", "kept"):
         yield sample("jobs_finished_total", getattr(stats, outcome), f'outcome="{outcome}"')
     yield family("jobs_skipped_total", "counter", "Jobs whose `when` did not match the response.")
     yield sample("jobs_skipped_total", stats.skipped)

@@ -35,6 +35,7 @@ from .jobs import (
     NO_KWARGS,
     When,
 )
+from .tasks import Task, TaskCall
 
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
@@ -131,6 +132,9 @@ def hand_over(
                 job for job in jobs if _runs(app_state, job, complete, successful, batch)
             ]
             break
+    if batch.calls is not None:
+        _journal(batch.calls, jobs)
+        batch.calls = None
     if hooks:
         headers = () if start is None else tuple(start.get("headers", ()))
         delivery = Delivery(status, complete, headers)
@@ -143,6 +147,14 @@ def hand_over(
         batch.errors = []
     runner.submit(batch)
     return done
+
+
+def _journal(calls: list[TaskCall], jobs: list[Job]) -> None:
+    """Forget the journaled tasks that will not run; queue the records of those that will."""
+    running = {id(job.func) for job in jobs}
+    runtime = calls[0].runtime
+    runtime.forget([call for call in calls if id(call) not in running])
+    runtime.write_later([call for call in calls if id(call) in running])
 
 
 def _runs(app_state: AppState, job: Job, complete: bool, successful: bool, batch: Batch) -> bool:
@@ -343,7 +355,10 @@ def defer(
     key: str | None,
     caller: str = "after_this_response",
 ) -> bool:
-    job = Job(func, args, kwargs or NO_KWARGS, is_async(func, caller), when, key)  # type: ignore[arg-type]
+    task = func if type(func) is Task else None
+    job = None
+    if task is None:
+        job = Job(func, args, kwargs or NO_KWARGS, is_async(func, caller), when, key)  # type: ignore[arg-type]
     source = current_source()
     if source is None:
         msg = (
@@ -356,11 +371,19 @@ def defer(
     if exchange is None or exchange.finished:
         raise cannot_add_work(source, exchange is not None, caller)
     exchange.source = source
-    if not exchange.app_state.accept(func, caller, key):
+    app_state = exchange.app_state
+    if task is not None:  # Its arguments are encoded now: an error here, not a lost job later.
+        job = app_state.durable().job_for(task, args, kwargs, when, key, caller, describe(source))
+    assert job is not None
+    if not app_state.accept(func, caller, key):
         return False
     batch = exchange.batch
     if batch is None:  # The request's first job: capture its context now.
-        exchange.batch = Batch([job], copy_context(), source)
+        batch = exchange.batch = Batch([job], copy_context(), source)
     else:
         batch.jobs.append(job)
+    if task is not None and app_state.durable().journal is not None:
+        if batch.calls is None:
+            batch.calls = []
+        batch.calls.append(job.func)
     return True

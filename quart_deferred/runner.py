@@ -20,7 +20,7 @@ daemon threads (see ``threads.py``), so the process can always exit on time.
 Every job ends in exactly one of: succeeded, failed, timed out, cancelled.
 The counters move together, without an ``await`` in between, so that at
 every moment ``scheduled == waiting + running + succeeded + failed +
-timed_out + cancelled``.
+timed_out + cancelled + kept``.
 """
 
 from __future__ import annotations
@@ -316,8 +316,7 @@ class TaskRunner:
         if thread_call is not None:
             self._ledger.finish_thread_call(thread_call, job, batch, shutdown=True)
         else:
-            self._ledger.finish("cancelled")
-            self._ledger.log_cancelled(job, batch, "it was still running")
+            self._ledger.cancel_running(job, batch, "it was still running")
         if not self.closed:  # Nobody but the loop's own teardown cancels our tasks.
             self.lose_waiting("the event loop stopped")
         self._ledger.cancel_unstarted(batch, "the runner was shutting down")
@@ -347,8 +346,7 @@ class TaskRunner:
         for batch in self._tasks:
             if batch.watch is not None:  # A job was running.
                 job = batch.jobs[batch.next - 1]
-                self._ledger.finish("cancelled")
-                self._ledger.log_cancelled(job, batch, f"it was running when {why}")
+                self._ledger.cancel_running(job, batch, f"it was running when {why}")
                 if job.key is not None:
                     self._keys.release(job.key)
             self._ledger.cancel_unstarted(batch, why)

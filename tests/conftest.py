@@ -43,7 +43,7 @@ def counts(stats: Stats) -> Stats:
 def add_up(stats: Stats) -> bool:
     """The identity that must hold at every moment."""
     total = stats.waiting + stats.running + stats.succeeded + stats.failed
-    return stats.scheduled == total + stats.timed_out + stats.cancelled
+    return stats.scheduled == total + stats.timed_out + stats.cancelled + stats.kept
 
 
 @dataclass

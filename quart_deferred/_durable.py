@@ -1,0 +1,334 @@
+"""How tasks run: attempts and retries, and, with a journal, their records and leases.
+
+Without a journal a task runs in memory, as any job does, with its retries.
+With one, a task's record is written before the message that completes its
+response goes to the server (see ``_exchange.Exchange._send_final``), held
+by this process under a lease it renews, marked done or dead as its
+attempts end, and let go of at shutdown if it has not finished, so that
+the next process runs it. At the start, records that no live process holds
+are claimed and run; a process that was killed is found out when its lease
+runs out (or at once, on the same host, when its pid has gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
+from contextvars import Context, copy_context
+import functools
+import logging
+import os
+import random
+import socket
+import sys
+import time
+from typing import Any
+import uuid
+
+from quart import Quart
+
+from ._journal import Journal, Record
+from ._sqlite_journal import SQLiteJournal
+from .exceptions import InvalidOptionError
+from .jobs import Batch, Job, log_fields, NO_KWARGS, When
+from .runner import TaskRunner
+from .tasks import CurrentJob, run_as, Task, TaskCall
+
+logger = logging.getLogger("quart_deferred")
+
+_CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
+_ERROR_TEXT = 500  # Characters of an attempt's error kept in the journal.
+
+
+def open_journal(url: object) -> Journal:
+    """Return the store that *url* names (not yet opened): only ``sqlite:///path`` for now."""
+    if not isinstance(url, str) or not url.startswith("sqlite:///") or url == "sqlite:///":
+        msg = (
+            "QUART_DEFERRED_JOURNAL must be a URL such as 'sqlite:////var/lib/myapp/"
+            "deferred.sqlite3' (four slashes for an absolute path, three for one relative "
+            f"to the working directory), or None to keep jobs in memory only; got {url!r}."
+        )
+        raise InvalidOptionError(msg)
+    return SQLiteJournal(url)
+
+
+class Runtime:
+    """What one app keeps for its tasks: the journal, if any, its lease, the retries waiting."""
+
+    def __init__(
+        self,
+        app: Quart,
+        tasks: Mapping[str, Task[..., Any]],
+        journal: Journal | None,
+        lease: float,
+        runner_of: Callable[[], TaskRunner],
+    ) -> None:
+        self.app = app
+        self.tasks = tasks
+        self.journal = journal
+        self.lease = lease
+        self._runner_of = runner_of
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._opened = False
+        self._retries: dict[str, tuple[asyncio.TimerHandle, TaskCall]] = {}
+        self._renewing: asyncio.Task[None] | None = None
+        self._unknown: set[str] = set()  # Records of tasks unknown here, logged once each.
+
+    # Scheduling
+
+    def job_for(
+        self,
+        task: Task[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        when: When,
+        key: str | None,
+        caller: str,
+        origin: str,
+    ) -> Job:
+        """Encode a call of *task* (a clear error for arguments it cannot keep) as a job."""
+        call = TaskCall(task, uuid.uuid4().hex, task.encode(args, kwargs, caller), origin)
+        call.runtime = self
+        call.when = when
+        return Job(call, (), NO_KWARGS, True, when, key)
+
+    def ensure_open(self) -> Journal:
+        journal = self.journal
+        assert journal is not None
+        if not self._opened:
+            journal.open()
+            self._opened = True
+        return journal
+
+    async def promise(self, calls: list[TaskCall]) -> None:
+        """Write the records of *calls* that run if the response completes; return once on disk."""
+        promised = [call for call in calls if call.when != "failure" and call.written is None]
+        if promised:
+            for call in promised:
+                call.written = True
+            await self.ensure_open().add(
+                [_record(call) for call in promised], self.owner, time.time() + self.lease
+            )
+
+    def write_later(self, calls: Collection[TaskCall]) -> None:
+        """Queue the records of *calls*, not promised to a client; their first attempt waits."""
+        calls = [call for call in calls if call.written is None]
+        if calls:
+            written = self.ensure_open().add(
+                [_record(call) for call in calls], self.owner, time.time() + self.lease
+            )
+            for call in calls:
+                call.written = written
+
+    def forget(self, calls: Collection[TaskCall]) -> None:
+        """Remove the records of *calls* that were written but will not run."""
+        ids = [call.id for call in calls if call.written is not None]
+        if ids and self.journal is not None:
+            self.journal.forget(ids)
+
+    # Running
+
+    async def attempt(self, call: TaskCall) -> None:
+        """Run one attempt of *call* in a context of its own, and record how it ended."""
+        written = call.written
+        if isinstance(written, asyncio.Future):
+            call.written = True
+            try:
+                await written
+            except Exception:  # Logged by the journal: run it anyway, in memory.
+                pass
+        task = call.task
+        context = Context()
+        run_as(CurrentJob(call.id, call.name, call.attempt + 1), context)
+        coro = self._run(task, call.arguments)
+        loop = asyncio.get_running_loop()
+        if _CONTEXT_ARGUMENT:
+            create_task: Any = loop.create_task
+            inner = create_task(coro, context=context)
+        else:
+            inner = context.run(loop.create_task, coro)
+        try:
+            await inner
+        except asyncio.CancelledError:
+            if not self._runner_of().closed:  # Its timeout, not the shutdown.
+                self._failed(call, TimeoutError("the attempt ran past its task timeout"))
+            raise
+        except BaseException as error:
+            self._failed(call, error)
+            raise
+        if self.journal is not None:
+            self.journal.finished(call.id)
+
+    async def _run(self, task: Task[..., Any], arguments: str) -> None:
+        # Decoded from what the journal keeps, even the first time: a task sees what
+        # it would see on replay.
+        args, kwargs = task.decode(arguments)
+        async with self.app.app_context():
+            if task.is_async:
+                await task.func(*args, **kwargs)
+            else:
+                call = functools.partial(copy_context().run, task.func, *args, **kwargs)
+                await self._runner_of().call_on_thread(call)
+
+    def _failed(self, call: TaskCall, error: BaseException) -> None:
+        call.attempt += 1
+        task = call.task
+        text = f"{type(error).__name__}: {error}"[:_ERROR_TEXT]
+        if call.attempt <= task.retries:
+            delay = _backoff(task, call.attempt)
+            if self.journal is not None:
+                self.journal.retrying(call.id, call.attempt, time.time() + delay, text)
+            self._retry_in(delay, call)
+            logger.warning(
+                "Attempt %d of task %s (job %s, for %s) failed; retrying in %.1fs.",
+                call.attempt,
+                call.name,
+                call.id,
+                call.origin,
+                delay,
+                extra=log_fields(call.name, None),
+            )
+            return
+        if self.journal is not None:
+            self.journal.dead(call.id, call.attempt, text)
+        logger.error(
+            "Task %s (job %s, for %s) failed its last attempt (%d of %d) and is %s: %s. "
+            "Arguments: %s.%s",
+            call.name,
+            call.id,
+            call.origin,
+            call.attempt,
+            task.retries + 1,
+            "kept in the journal as dead" if self.journal is not None else "given up on",
+            text,
+            call.arguments[:200],
+            f" Retry it with: quart deferred retry {call.id}" if self.journal is not None else "",
+            extra=log_fields(call.name, None),
+        )
+
+    def _retry_in(self, delay: float, call: TaskCall) -> None:
+        loop = asyncio.get_running_loop()
+        self._retries[call.id] = (loop.call_later(delay, self._resubmit, call), call)
+
+    def _resubmit(self, call: TaskCall) -> None:
+        self._retries.pop(call.id, None)
+        runner = self._runner_of()
+        if not runner.closed:
+            runner.submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
+
+    # The start, the lease, the end
+
+    async def start(self) -> None:
+        """Claim the records no live process holds, run them, and keep the lease renewed."""
+        if self.journal is None:
+            return
+        self.ensure_open()
+        await self._claim()
+        self._renewing = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _claim(self) -> None:
+        journal = self.ensure_open()
+        now = time.time()
+        ended = [owner for owner in await journal.holders(now) if _ended_here(owner)]
+        records = await journal.claim(self.owner, list(self.tasks), now, now + self.lease, ended)
+        runner = self._runner_of()
+        for record in records:
+            call = TaskCall(self.tasks[record.name], record.id, record.arguments, record.origin)
+            call.runtime, call.written, call.attempt = self, True, record.attempt
+            if record.not_before > now:
+                self._retry_in(record.not_before - now, call)
+            else:
+                runner.submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
+        if records:
+            logger.info(
+                "Quart-Deferred took %d jobs from the journal %s: %s.",
+                len(records),
+                journal.url,
+                _tally(record.name for record in records),
+                extra=log_fields(None, None),
+            )
+        unknown = [r for r in await journal.others(list(self.tasks)) if r.id not in self._unknown]
+        if unknown:
+            self._unknown.update(record.id for record in unknown)
+            logger.error(
+                "The journal %s holds %d waiting jobs of tasks this app does not know: %s. "
+                "They are kept, not run: import the modules that define these tasks (with "
+                "@deferred.task) in the app, or deploy the process that does.",
+                journal.url,
+                len(unknown),
+                _tally(record.name for record in unknown),
+                extra=log_fields(None, None),
+            )
+
+    async def _renew(self) -> None:
+        journal = self.ensure_open()
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            journal.renew(self.owner, time.time() + self.lease)
+            try:
+                await self._claim()  # Take over the jobs of processes that have ended.
+            except Exception:
+                logger.exception("Quart-Deferred could not read the journal %s.", journal.url)
+
+    async def close(self) -> None:
+        """Let go of what has not finished, for the next process, and say what was kept."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+        retries = [call for _, call in self._retries.values()]
+        for handle, _ in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
+        if self.journal is None or not self._opened:
+            if retries:
+                logger.warning(
+                    "Gave up on %d tasks waiting to retry at shutdown (no journal): %s.",
+                    len(retries),
+                    _tally(call.name for call in retries),
+                    extra=log_fields(None, None),
+                )
+            return
+        if retries:
+            logger.info(
+                "Kept %d tasks waiting to retry in the journal %s for the next start: %s.",
+                len(retries),
+                self.journal.url,
+                _tally(call.name for call in retries),
+                extra=log_fields(None, None),
+            )
+        try:
+            await self.journal.release(self.owner)
+        finally:
+            await asyncio.to_thread(self.journal.close)
+            self._opened = False
+
+
+def _record(call: TaskCall) -> Record:
+    now = time.time()
+    return Record(call.id, call.name, call.arguments, call.origin, now, now, call.attempt)
+
+
+def _backoff(task: Task[..., Any], attempt: int) -> float:
+    """Exponential, capped, with jitter: between half and all of ``retry_delay * 2**(n-1)``."""
+    delay = min(task.retry_delay * 2.0 ** (attempt - 1), task.max_delay)
+    return delay * (0.5 + random.random() / 2)  # Jitter, not secrets.
+
+
+def _ended_here(owner: str) -> bool:
+    """Whether *owner* was a process on this host that has ended."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # Alive, another user's.
+        return False
+    return False
+
+
+def _tally(names: Any) -> str:
+    return ", ".join(f"{count} x {name}" for name, count in Counter(names).most_common())
