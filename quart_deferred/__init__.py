@@ -13,6 +13,7 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``tasks``: ``@deferred.task`` (``Task``), ``current_job()``, argument encoding.
 - ``_durable``: how tasks run: attempts, retries with backoff, records written before the
   final send, leases, the claim of jobs left by earlier processes, what is kept at shutdown.
+- ``_cli``: ``quart deferred list|retry|purge``, for operators.
 - ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
   SQLite store (one writer thread, group commit, WAL).
 - ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.

@@ -91,6 +91,15 @@ class Journal(Protocol):
     def release(self, owner: str) -> Awaitable[None]:
         """Let go of *owner*'s waiting records, so that the next process takes them at once."""
 
+    def jobs(self, state: str, limit: int) -> list[Record]:
+        """Return up to *limit* records in *state*, oldest first (a direct read, for the CLI)."""
+
+    def revive(self, job_id: str | None) -> int:
+        """Make the dead job *job_id* (every dead job if ``None``) wait again; return how many."""
+
+    def purge(self, states: Collection[str], before: float) -> int:
+        """Delete records in *states* last changed before *before*; return how many."""
+
     def counts(self) -> dict[str, int]:
         """Return the number of records in each state (a direct read)."""
 

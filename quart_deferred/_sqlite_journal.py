@@ -293,14 +293,49 @@ class SQLiteJournal:
         assert future is not None
         return future
 
-    def counts(self) -> dict[str, int]:
+    # Direct reads and changes, on a connection of their own (the CLI's)
+
+    def _direct(self, sql: str, values: tuple[object, ...] = ()) -> tuple[list[Any], int]:
+        """Run *sql* in a transaction of its own; return its rows and how many it changed."""
         connection = self.connect()
         try:
-            rows = connection.execute(
-                "SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state"
-            ).fetchall()
+            connection.execute("BEGIN IMMEDIATE")
+            cursor = connection.execute(sql, values)
+            rows = cursor.fetchall()
+            connection.execute("COMMIT")
+            return rows, cursor.rowcount
         finally:
             connection.close()
+
+    def jobs(self, state: str, limit: int) -> list[Record]:
+        rows, _ = self._direct(
+            f"SELECT {_COLUMNS} FROM quart_deferred_jobs WHERE state = ? ORDER BY created LIMIT ?",
+            (state, limit),
+        )
+        return [Record(*row) for row in rows]
+
+    def revive(self, job_id: str | None) -> int:
+        which = "" if job_id is None else "AND id = ?"
+        now = time.time()
+        values: tuple[object, ...] = (now, now) if job_id is None else (now, now, job_id)
+        _, changed = self._direct(
+            "UPDATE quart_deferred_jobs SET state = 'waiting', attempt = 0, not_before = ?, "
+            f"updated = ?, owner = NULL, lease_until = NULL WHERE state = 'dead' {which}",
+            values,
+        )
+        return changed
+
+    def purge(self, states: Collection[str], before: float) -> int:
+        states = list(states)
+        marks = ", ".join("?" * len(states))
+        _, changed = self._direct(
+            f"DELETE FROM quart_deferred_jobs WHERE state IN ({marks}) AND updated < ?",
+            (*states, before),
+        )
+        return changed
+
+    def counts(self) -> dict[str, int]:
+        rows, _ = self._direct("SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state")
         return {"waiting": 0, "done": 0, "dead": 0, **dict(rows)}
 
 

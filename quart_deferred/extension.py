@@ -15,6 +15,7 @@ from quart import Quart
 from quart.signals import got_websocket_exception
 
 from ._asgi import PostResponseMiddleware
+from ._cli import cli
 from ._compat import app_context, current_source
 from ._config import (
     DEFAULTS,
@@ -164,6 +165,7 @@ class QuartDeferred:
         app.extensions["quart_deferred"] = state
         app.asgi_app = PostResponseMiddleware(app.asgi_app, state)  # type: ignore[method-assign]
         app.while_serving(state.serve)
+        app.cli.add_command(cli)  # quart deferred list | retry | purge
         got_websocket_exception.connect(websocket_failed, app, weak=False)
         self._apps.add(app)
         if self.hooks:

@@ -310,3 +310,40 @@ async def test_a_task_started_with_start_soon_is_journaled(tmp_path: Path) -> No
         await deferred.join(timeout=5)
     assert [value for value, *_ in seen] == ["soon"]
     assert rows(path) == [("tests.test_tasks.remember", "done", 0)]
+
+
+async def test_the_cli_lists_retries_and_purges_jobs(tmp_path: Path) -> None:
+    """quart deferred list / retry / purge, read through the commands' own output."""
+    app, deferred, path = journaled(tmp_path)
+    task = deferred.task(retries=0)(fail_always)
+    fine = deferred.task(remember)
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(task, 1)
+        after_this_response(fine, 2)
+        return "ok"
+
+    async with app.test_app():
+        await app.test_client().get("/")
+        await deferred.join(timeout=5)
+    runner = app.test_cli_runner()
+    listed = runner.invoke(args=["deferred", "list", "dead"])
+    assert listed.exit_code == 0, listed.output
+    first, dead = listed.output.splitlines()
+    assert first == "waiting=0 dead=1 done=1"
+    job_id = dead.split()[0]
+    assert "tests.test_tasks.fail_always" in dead and "attempts=1 for GET /" in dead
+    assert "last error: RuntimeError: no luck with 1" in dead
+    assert runner.invoke(args=["deferred", "retry"]).exit_code == 2  # Neither an id nor --all.
+    missing = runner.invoke(args=["deferred", "retry", "no-such-id"])
+    assert missing.exit_code == 1 and "No dead job no-such-id" in missing.output
+    revived = runner.invoke(args=["deferred", "retry", job_id])
+    assert revived.output == "1 dead job waiting again.\n"
+    assert rows(path)[0][:2] == ("tests.test_tasks.fail_always", "waiting")
+    assert runner.invoke(args=["deferred", "purge"]).output == "Purged 0 done jobs.\n"
+    purged = runner.invoke(args=["deferred", "purge", "--older-than", "0s"])
+    assert purged.output == "Purged 1 done job.\n"
+    bad = runner.invoke(args=["deferred", "purge", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "not an age such as 30s" in bad.output
+    assert [state for _, state, _ in rows(path)] == ["waiting"]
