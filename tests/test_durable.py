@@ -128,3 +128,45 @@ async def test_a_deploy_leaves_unfinished_tasks_to_the_next_process(tmp_path: Pa
     assert all(line[4] != first_pid for line in finished.values())  # The second process.
     ids = {line[1]: line[2] for line in lines if line[0] == "started"}
     assert all(finished[name][2] == ids[name] for name in finished)  # Same job, same id.
+
+
+@pytest.mark.reliability
+async def test_two_servers_share_one_journal_and_take_over_a_killed_ones_tasks(
+    tmp_path: Path,
+) -> None:
+    """Two hypercorn processes, one journal: a SIGKILLed one's tasks run in the other, the
+    living one's only once.
+
+    Two processes, not ``hypercorn --workers 2``: hypercorn stops every worker
+    when one dies, so a worker cannot be killed alone there.
+    """
+    env = environment(tmp_path, LEASE="2", TASK_SECONDS="3")
+    async with (
+        serving("hypercorn", APP, env=env) as victim,
+        serving("hypercorn", APP, env=env) as survivor,
+    ):
+        for number in range(6):
+            served = victim if number % 2 else survivor
+            assert await served.get(f"/slow/s{number}") == (200, f"scheduled s{number}".encode())
+        await wait(until_file(tmp_path, lambda lines: len(lines) == 6))
+        started = {line[1]: line for line in events(tmp_path)}
+        killed = started["s1"][4]  # The pid of the victim's worker process.
+        assert {started[f"s{number}"][4] for number in (1, 3, 5)} == {killed}
+        assert killed not in {started[f"s{number}"][4] for number in (0, 2, 4)}
+        os.killpg(victim.process.pid, signal.SIGKILL)
+        await wait(
+            until_file(
+                tmp_path,
+                lambda lines: {line[1] for line in lines if line[0] == "finished"} == set(started),
+            ),
+            30,
+        )
+    lines = events(tmp_path)
+    for request_id, (_, _, job_id, _, pid) in started.items():
+        runs = [line for line in lines if line[1] == request_id and line[0] == "started"]
+        [finished] = [line for line in lines if line[1] == request_id and line[0] == "finished"]
+        assert finished[2] == job_id and finished[4] != killed
+        if pid != killed:  # A living process's task is never run by the other.
+            assert len(runs) == 1
+        else:
+            assert len(runs) == 2 and runs[1][4] != killed
