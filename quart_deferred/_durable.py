@@ -28,6 +28,7 @@ import uuid
 
 from quart import Quart
 
+from ._config import log_arguments, show_arguments
 from ._journal import Journal, Record
 from ._sqlite_journal import SQLiteJournal
 from .exceptions import InvalidOptionError
@@ -63,12 +64,14 @@ class Runtime:
         journal: Journal | None,
         lease: float,
         runner_of: Callable[[], TaskRunner],
+        config_of: Callable[[], Mapping[str, Any]],
     ) -> None:
         self.app = app
         self.tasks = tasks
         self.journal = journal
         self.lease = lease
         self._runner_of = runner_of
+        self._config_of = config_of
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
         self._retries: dict[str, tuple[asyncio.TimerHandle, TaskCall]] = {}
@@ -192,9 +195,13 @@ class Runtime:
             return
         if self.journal is not None:
             self.journal.dead(call.id, call.attempt, text)
+        try:
+            args, kwargs = task.decode(call.arguments)
+            shown = show_arguments(args, kwargs, log_arguments(self._config_of()))
+        except Exception as failure:  # A serializer that cannot read its own text.
+            shown = f"<arguments unreadable: {type(failure).__name__}>"
         logger.error(
-            "Task %s (job %s, for %s) failed its last attempt (%d of %d) and is %s: %s. "
-            "Arguments: %s.%s",
+            "Task %s (job %s, for %s) failed its last attempt (%d of %d) and is %s: %s. %s.%s",
             call.name,
             call.id,
             call.origin,
@@ -202,7 +209,7 @@ class Runtime:
             task.retries + 1,
             "kept in the journal as dead" if self.journal is not None else "given up on",
             text,
-            call.arguments[:200],
+            shown,
             f" Retry it with: quart deferred retry {call.id}" if self.journal is not None else "",
             extra=log_fields(call.name, None),
         )

@@ -80,6 +80,7 @@ class AppState:
                 None if url is None else open_journal(url),
                 seconds(config, "QUART_DEFERRED_LEASE"),
                 self.runner,
+                lambda: self.config,
             )
         return durable
 

@@ -164,6 +164,8 @@ async def test_a_failing_task_is_retried_then_kept_as_dead_and_logged(
     assert dead.levelno == logging.ERROR
     assert "tests.test_tasks.fail_always" in dead.getMessage()
     assert "(3 of 3)" in dead.getMessage() and "kept in the journal as dead" in dead.getMessage()
+    assert "quart deferred retry" in dead.getMessage()
+    assert "args=<1 positional and 0 keyword, not logged" in dead.getMessage()
     assert sum("retrying in" in r.getMessage() for r in caplog.records) == 2
 
 
