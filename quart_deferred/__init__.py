@@ -16,7 +16,9 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_cli``: ``quart deferred list|retry|purge``, for operators.
 - ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
   SQLite store (one writer thread, group commit, WAL).
-- ``queues``: ``enqueue_after_response`` and the Celery and taskiq adapters.
+- ``adapters``: ``QueueAdapter`` and the Celery and taskiq adapters (recognise, find, send).
+- ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
+- ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
 - ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
 - ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
@@ -31,6 +33,7 @@ Where each concept lives (no import cycles among them, not even type-only ones):
   waiting for their work).
 """
 
+from .adapters import QueueAdapter
 from .callbacks import after_this_request
 from .exceptions import (
     ContextError,
@@ -45,7 +48,7 @@ from .exceptions import (
 from .extension import QuartDeferred
 from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
 from .post_response import after_this_response, Delivery
-from .queues import enqueue_after_response, QueueAdapter
+from .queues import enqueue_after_response
 from .tasks import current_job, CurrentJob, Task
 
 __version__ = "0.1.0"  # Also in pyproject.toml; a test checks that the two agree.

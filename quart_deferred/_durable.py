@@ -34,7 +34,7 @@ from ._sqlite_journal import SQLiteJournal
 from .exceptions import InvalidOptionError
 from .jobs import Batch, Job, log_fields, NO_KWARGS, When
 from .runner import TaskRunner
-from .tasks import CurrentJob, run_as, Task, TaskCall
+from .tasks import CurrentJob, Retrying, run_as, Task, TaskCall
 
 logger = logging.getLogger("quart_deferred")
 
@@ -74,7 +74,9 @@ class Runtime:
         self._config_of = config_of
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._opened = False
-        self._retries: dict[str, tuple[asyncio.TimerHandle, TaskCall]] = {}
+        # Calls waiting for their next attempt: held in their runner's pending count
+        # meanwhile, so that join() and the drain wait for a retry that is due.
+        self._retries: dict[str, tuple[asyncio.TimerHandle, TaskCall, TaskRunner]] = {}
         self._renewing: asyncio.Task[None] | None = None
         self._unknown: set[str] = set()  # Records of tasks unknown here, logged once each.
 
@@ -91,7 +93,8 @@ class Runtime:
         origin: str,
     ) -> Job:
         """Encode a call of *task* (a clear error for arguments it cannot keep) as a job."""
-        call = TaskCall(task, uuid.uuid4().hex, task.encode(args, kwargs, caller), origin)
+        encoded = task.encode(args, kwargs, caller)
+        call = TaskCall(task, uuid.uuid4().hex, encoded, origin, time.time())
         call.runtime = self
         call.when = when
         return Job(call, (), NO_KWARGS, True, when, key)
@@ -158,7 +161,8 @@ class Runtime:
                 self._failed(call, TimeoutError("the attempt ran past its task timeout"))
             raise
         except BaseException as error:
-            self._failed(call, error)
+            if self._failed(call, error):
+                raise Retrying(f"attempt {call.attempt} of {call.name} failed") from error
             raise
         if self.journal is not None:
             self.journal.finished(call.id)
@@ -174,55 +178,60 @@ class Runtime:
                 call = functools.partial(copy_context().run, task.func, *args, **kwargs)
                 await self._runner_of().call_on_thread(call)
 
-    def _failed(self, call: TaskCall, error: BaseException) -> None:
+    def _failed(self, call: TaskCall, error: BaseException) -> bool:
+        """Record a failed attempt; return whether another is scheduled."""
         call.attempt += 1
         task = call.task
         text = f"{type(error).__name__}: {error}"[:_ERROR_TEXT]
-        if call.attempt <= task.retries:
+        config = self._config_of()
+        if not task.gives_up(call.attempt, time.time() - call.created, config):
             delay = _backoff(task, call.attempt)
             if self.journal is not None:
                 self.journal.retrying(call.id, call.attempt, time.time() + delay, text)
             self._retry_in(delay, call)
             logger.warning(
-                "Attempt %d of task %s (job %s, for %s) failed; retrying in %.1fs.",
+                "Attempt %d of task %s (job %s, for %s) failed (%s); retrying in %.1fs.",
                 call.attempt,
                 call.name,
                 call.id,
                 call.origin,
+                text,
                 delay,
                 extra=log_fields(call.name, None),
             )
-            return
+            return True
         if self.journal is not None:
             self.journal.dead(call.id, call.attempt, text)
         try:
             args, kwargs = task.decode(call.arguments)
-            shown = show_arguments(args, kwargs, log_arguments(self._config_of()))
+            shown = show_arguments(args, kwargs, log_arguments(config))
         except Exception as failure:  # A serializer that cannot read its own text.
             shown = f"<arguments unreadable: {type(failure).__name__}>"
         logger.error(
-            "Task %s (job %s, for %s) failed its last attempt (%d of %d) and is %s: %s. %s.%s",
+            "Task %s (job %s, for %s) failed its last attempt (%s) and is %s: %s. %s.%s",
             call.name,
             call.id,
             call.origin,
-            call.attempt,
-            task.retries + 1,
+            task.limit(call.attempt, config),
             "kept in the journal as dead" if self.journal is not None else "given up on",
             text,
             shown,
             f" Retry it with: quart deferred retry {call.id}" if self.journal is not None else "",
             extra=log_fields(call.name, None),
         )
+        return False
 
     def _retry_in(self, delay: float, call: TaskCall) -> None:
-        loop = asyncio.get_running_loop()
-        self._retries[call.id] = (loop.call_later(delay, self._resubmit, call), call)
+        runner = self._runner_of()
+        runner.hold()
+        handle = runner.loop.call_later(delay, self._resubmit, call)
+        self._retries[call.id] = (handle, call, runner)
 
     def _resubmit(self, call: TaskCall) -> None:
-        self._retries.pop(call.id, None)
-        runner = self._runner_of()
+        _, _, runner = self._retries.pop(call.id)
         if not runner.closed:
             runner.submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
+        runner.release()
 
     # The start, the lease, the end
 
@@ -241,7 +250,8 @@ class Runtime:
         records = await journal.claim(self.owner, list(self.tasks), now, now + self.lease, ended)
         runner = self._runner_of()
         for record in records:
-            call = TaskCall(self.tasks[record.name], record.id, record.arguments, record.origin)
+            task = self.tasks[record.name]
+            call = TaskCall(task, record.id, record.arguments, record.origin, record.created)
             call.runtime, call.written, call.attempt = self, True, record.attempt
             if record.not_before > now:
                 self._retry_in(record.not_before - now, call)
@@ -283,9 +293,10 @@ class Runtime:
         if self._renewing is not None:
             self._renewing.cancel()
             self._renewing = None
-        retries = [call for _, call in self._retries.values()]
-        for handle, _ in self._retries.values():
+        retries = [call for _, call, _ in self._retries.values()]
+        for handle, _, runner in self._retries.values():
             handle.cancel()
+            runner.release()
         self._retries.clear()
         if self.journal is None or not self._opened:
             if retries:
@@ -313,7 +324,9 @@ class Runtime:
 
 def _record(call: TaskCall) -> Record:
     now = time.time()
-    return Record(call.id, call.name, call.arguments, call.origin, now, now, call.attempt)
+    return Record(
+        call.id, call.task.name, call.arguments, call.origin, call.created, now, call.attempt
+    )
 
 
 def _backoff(task: Task[..., Any], attempt: int) -> float:

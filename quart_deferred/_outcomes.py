@@ -21,7 +21,7 @@ from quart.signals import got_background_exception
 from ._compat import handle_background_exception
 from .jobs import Batch, Job, log_fields
 from .metrics import Counters, Keys
-from .tasks import TaskCall
+from .tasks import Retrying, TaskCall
 from .threads import ThreadCall
 
 logger = logging.getLogger("quart_deferred")
@@ -161,6 +161,10 @@ class Ledger:
 
     async def failed(self, error: BaseException, job: Job, batch: Batch) -> None:
         self.finish("failed")
+        if isinstance(error, Retrying):  # Said once already, as a WARNING: see Retrying.
+            if batch.errors is not None:
+                batch.errors.append(error.__cause__ or error)
+            return
         try:
             await self._report(error, job, batch)
         except Exception:  # A receiver of the signal failed: say so, and go on.

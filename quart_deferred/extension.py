@@ -27,13 +27,14 @@ from ._config import (
 )
 from ._durable import open_journal
 from ._exchange import capture_context, websocket_failed
+from ._outbox import OUTBOX
 from ._request import on_event_loop
 from ._test_client import work_of
+from .adapters import QueueAdapter
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import Batch, check_when, Hook, is_async, Job, When
 from .metrics import Stats
-from .queues import QueueAdapter
 from .tasks import JSON, register_task, Serializer, Task
 
 P = ParamSpec("P")
@@ -69,6 +70,7 @@ class QuartDeferred:
         threads: Overrides ``QUART_DEFERRED_THREADS``.
         enqueue_retries: Overrides ``QUART_DEFERRED_ENQUEUE_RETRIES``.
         enqueue_timeout: Overrides ``QUART_DEFERRED_ENQUEUE_TIMEOUT``.
+        enqueue_max_age: Overrides ``QUART_DEFERRED_ENQUEUE_MAX_AGE``.
         log_arguments: Overrides ``QUART_DEFERRED_LOG_ARGUMENTS``.
         queues: Adapters for task queues besides Celery and taskiq, for
             ``enqueue_after_response``; see ``QueueAdapter``.
@@ -88,6 +90,7 @@ class QuartDeferred:
         threads: int | None = None,
         enqueue_retries: int | None = None,
         enqueue_timeout: float | None = None,
+        enqueue_max_age: float | None = None,
         log_arguments: bool | Callable[[tuple[Any, ...], dict[str, Any]], str] | None = None,
         queues: Iterable[QueueAdapter] = (),
         journal: str | None = None,
@@ -106,6 +109,7 @@ class QuartDeferred:
                 ("QUART_DEFERRED_THREADS", threads),
                 ("QUART_DEFERRED_ENQUEUE_RETRIES", enqueue_retries),
                 ("QUART_DEFERRED_ENQUEUE_TIMEOUT", enqueue_timeout),
+                ("QUART_DEFERRED_ENQUEUE_MAX_AGE", enqueue_max_age),
                 ("QUART_DEFERRED_LOG_ARGUMENTS", log_arguments),
                 ("QUART_DEFERRED_JOURNAL", journal),
                 ("QUART_DEFERRED_LEASE", lease),
@@ -113,7 +117,7 @@ class QuartDeferred:
             if value is not None
         }
         self.hooks: tuple[Hook, ...] = ()
-        self.tasks: dict[str, Task[..., Any]] = {}
+        self.tasks: dict[str, Task[..., Any]] = {OUTBOX.name: OUTBOX}  # Kept sends, too.
         self._apps: weakref.WeakSet[Quart] = weakref.WeakSet()
         if app is not None:
             self.init_app(app)
@@ -146,6 +150,7 @@ class QuartDeferred:
         seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT")
         log_arguments(config)
         seconds(config, "QUART_DEFERRED_LEASE")
+        seconds(config, "QUART_DEFERRED_ENQUEUE_MAX_AGE")
         if config["QUART_DEFERRED_JOURNAL"] is not None:
             open_journal(config["QUART_DEFERRED_JOURNAL"])  # Its URL checked; opened at the start.
         if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
@@ -284,7 +289,7 @@ class QuartDeferred:
         Arguments:
             func: The function to call; ``async def`` functions are awaited.
         """
-        task = func if type(func) is Task else None
+        task = func if isinstance(func, Task) else None
         if task is None:
             job = Job(func, args, kwargs, is_async(func, "start_soon"), "always")
         if not on_event_loop():

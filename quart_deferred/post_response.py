@@ -355,7 +355,7 @@ def defer(
     key: str | None,
     caller: str = "after_this_response",
 ) -> bool:
-    task = func if type(func) is Task else None
+    task = func if isinstance(func, Task) else None
     job = None
     if task is None:
         job = Job(func, args, kwargs or NO_KWARGS, is_async(func, caller), when, key)  # type: ignore[arg-type]

@@ -14,10 +14,8 @@ theirs if its library has already been imported.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 import inspect
-import sys
-from typing import Any, NoReturn, Protocol, runtime_checkable
+from typing import Any, NoReturn
 
 import anyio
 
@@ -30,97 +28,17 @@ from ._config import (
     show_arguments,
     whole_number,
 )
+from ._outbox import OUTBOX, remember
+from .adapters import adapter_for, prepared, QueueAdapter
 from .exceptions import (
     ContextError,
     EnqueueError,
-    InvalidArgumentError,
-    InvalidCallbackError,
     NotInitialisedError,
 )
 from .jobs import check_key, check_when, When
 from .post_response import defer
 
 BACKOFF = 0.1  # Seconds before the first retry; doubled for each one after.
-
-
-@runtime_checkable
-class QueueAdapter(Protocol):
-    """How to recognise one queue library's tasks and send them.
-
-    ``send`` may be ``async def`` (awaited on the event loop) or a plain
-    function (run on the runner's threads: use that for blocking clients).
-    Register an adapter with ``QuartDeferred(app, queues=[...])`` or
-    ``deferred.add_queue(adapter)``.
-    """
-
-    def accepts(self, task: object) -> bool:
-        """Whether *task* is one of this queue's tasks."""
-        ...
-
-    def task_name(self, task: Any) -> str:
-        """The name to log and trace the send under."""
-        ...
-
-    def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Send ``task(*args, **kwargs)`` to the queue; raise if the broker refused it."""
-        ...
-
-
-# An adapter may also have prepare(task, args, kwargs) -> (args, kwargs): called at the
-# enqueue_after_response() call, it encodes the arguments as the queue will, raises if
-# they cannot be, and returns what the send should pass (see CeleryAdapter).
-
-
-class CeleryAdapter:
-    """Celery tasks, sent with ``apply_async``, which blocks on broker I/O: run on a thread."""
-
-    def accepts(self, task: object) -> bool:
-        celery = sys.modules.get("celery")
-        return celery is not None and isinstance(task, celery.Task)
-
-    def task_name(self, task: Any) -> str:
-        return str(task.name)
-
-    def prepare(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Encode the arguments with the task's serializer now, and send what decodes."""
-        from kombu import serialization
-
-        codec: Any = serialization  # kombu is untyped.
-        serializer = task.serializer or task.app.conf.task_serializer
-        content_type, encoding, data = codec.dumps([list(args), kwargs], serializer=serializer)
-        decoded_args, decoded_kwargs = codec.loads(data, content_type, encoding)
-        return tuple(decoded_args), decoded_kwargs
-
-    def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        task.apply_async(args=args, kwargs=kwargs)
-
-
-class TaskiqAdapter:
-    """taskiq tasks, sent with ``await task.kiq(...)``."""
-
-    def accepts(self, task: object) -> bool:
-        taskiq = sys.modules.get("taskiq")
-        return taskiq is not None and isinstance(task, taskiq.AsyncTaskiqDecoratedTask)
-
-    def task_name(self, task: Any) -> str:
-        return str(task.task_name)
-
-    def prepare(
-        self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """Build and format the message as ``kiq`` would, and send what it decodes to."""
-        formatter = task.broker.formatter
-        message = task.kicker()._prepare_message(*args, **kwargs)
-        decoded = formatter.loads(formatter.dumps(message).message)
-        return tuple(decoded.args), dict(decoded.kwargs)
-
-    async def send(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        await task.kiq(*args, **kwargs)
-
-
-BUILT_IN_ADAPTERS: tuple[QueueAdapter, ...] = (CeleryAdapter(), TaskiqAdapter())
 
 
 def enqueue_after_response(
@@ -140,7 +58,11 @@ def enqueue_after_response(
     was sent with a status below 400): a job for a failed request is the bug
     this exists to prevent. A failed send is retried
     ``QUART_DEFERRED_ENQUEUE_RETRIES`` times with backoff, then logged at
-    ERROR with the task's name and arguments and counted as failed.
+    ERROR with the task's name and arguments and counted as failed. With a
+    journal (``QUART_DEFERRED_JOURNAL``) the send is kept there instead, before
+    the response completes, and retried until the broker takes it, for up to
+    ``QUART_DEFERRED_ENQUEUE_MAX_AGE`` (an hour), after restarts too; the
+    broker gets the job's id as the message id (Celery's ``task_id``).
 
     Arguments:
         task: A Celery task, a taskiq task, or a task of a registered adapter.
@@ -165,9 +87,13 @@ def enqueue_after_response(
     state = app_ctx.app.extensions.get("quart_deferred")
     if state is None:
         raise NotInitialisedError.for_app(app_ctx.app.name)
-    adapter = _adapter_for(task, state.extension.queues)
+    adapter = adapter_for(task, state.extension.queues)
     config = state.config
-    args, kwargs = _prepared(adapter, task, args, kwargs)
+    args, kwargs = prepared(adapter, task, args, kwargs)
+    if state.durable().journal is not None:  # Kept in the journal until the broker has it.
+        name = adapter.task_name(task)
+        remember(name, adapter, task)
+        return defer(OUTBOX, (name, list(args), kwargs), {}, when, key, caller)
     send = _Send(
         adapter,
         task,
@@ -178,47 +104,6 @@ def enqueue_after_response(
         show=log_arguments(config),
     )
     return defer(send, (), {}, when, key, caller)
-
-
-def _prepared(
-    adapter: QueueAdapter, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Encode the arguments at the call, where a mistake can still be fixed, not after the 201.
-
-    What is sent is what decoded, so a view that changes an argument after
-    the call does not change what the worker gets.
-    """
-    prepare = getattr(adapter, "prepare", None)
-    if prepare is None:
-        return args, kwargs
-    try:
-        prepared: tuple[tuple[Any, ...], dict[str, Any]] = prepare(task, args, kwargs)
-    except Exception as error:
-        msg = (
-            f"enqueue_after_response() cannot send {adapter.task_name(task)}: its arguments "
-            f"do not encode for the queue ({bounded_repr(error)}). Pass plain values (str, "
-            "int, float, bool, None, and lists and dicts of them), such as the user's id "
-            "rather than the user object."
-        )
-        raise InvalidArgumentError(msg) from error
-    return prepared
-
-
-def _adapter_for(task: object, extra: Iterable[QueueAdapter]) -> QueueAdapter:
-    extra = tuple(extra)
-    for adapter in (*extra, *BUILT_IN_ADAPTERS):
-        if adapter.accepts(task):
-            return adapter
-    names = ", ".join(type(adapter).__name__ for adapter in extra)
-    msg = (
-        f"enqueue_after_response() does not know how to send {task!r} of type "
-        f"{type(task).__name__}. It takes a Celery task (@celery_app.task), a taskiq "
-        "task (@broker.task)"
-        + (f", or a task of the registered adapters {names}" if names else "")
-        + ". For another queue, register a QueueAdapter (see the README); for a plain "
-        "function, use after_this_response()."
-    )
-    raise InvalidCallbackError(msg)
 
 
 class _Send:

@@ -12,7 +12,7 @@ at the call, not a lost job later.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import Context, ContextVar
 from dataclasses import dataclass
 import functools
@@ -65,6 +65,15 @@ def current_job() -> CurrentJob:
             "registered with @deferred.task is running for; call it inside such a function."
         )
         raise ContextError(msg) from None
+
+
+class Retrying(Exception):  # noqa: N818  # Not an error of the caller's: a state.
+    """An attempt failed and the next is scheduled (its cause is the attempt's error).
+
+    The runner counts the attempt as failed without logging it again: the
+    retry's WARNING line has said it, and the last attempt's failure is logged
+    at ERROR as any job's.
+    """
 
 
 def run_as(job: CurrentJob, context: Context) -> None:
@@ -131,6 +140,18 @@ class Task(Generic[P, R]):
             msg = f"{caller}() cannot serialize the arguments of the task {self.name}: {error}."
             raise InvalidArgumentError(msg) from None
 
+    def label(self, arguments: str) -> str:
+        """The name a call of this task is logged and traced under."""
+        return self.name
+
+    def gives_up(self, attempts: int, age: float, config: Mapping[str, Any]) -> bool:
+        """Whether a call that has failed *attempts* times, *age* seconds old, is dead."""
+        return attempts > self.retries
+
+    def limit(self, attempts: int, config: Mapping[str, Any]) -> str:
+        """Say, for the log line of a dead call, which limit it reached."""
+        return f"{attempts} of {self.retries + 1}"
+
     def decode(self, text: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = self.serializer.loads(text)
         return tuple(args), dict(kwargs)
@@ -139,11 +160,24 @@ class Task(Generic[P, R]):
 class TaskCall(NamedCall):
     """One scheduled call of a task: what a durable job's ``Job.func`` is."""
 
-    __slots__ = ("arguments", "attempt", "id", "origin", "runtime", "task", "when", "written")
+    __slots__ = (
+        "arguments",
+        "attempt",
+        "created",
+        "id",
+        "origin",
+        "runtime",
+        "task",
+        "when",
+        "written",
+    )
 
-    def __init__(self, task: Task[..., Any], job_id: str, arguments: str, origin: str) -> None:
+    def __init__(
+        self, task: Task[..., Any], job_id: str, arguments: str, origin: str, created: float
+    ) -> None:
         self.task = task
-        self.name = task.name
+        self.name = task.label(arguments)
+        self.created = created  # time.time() when it was first scheduled.
         self.id = job_id
         self.arguments = arguments
         self.origin = origin

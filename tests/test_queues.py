@@ -60,11 +60,13 @@ def _redis_server_binary() -> str:
 class RedisServer:
     """A throwaway redis-server on a free port of 127.0.0.1, with nothing saved to disk."""
 
-    def __init__(self) -> None:
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+    def __init__(self, port: int | None = None) -> None:
+        if port is None:
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            probe.close()
+        self.port = port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1"]
