@@ -9,10 +9,10 @@ import os
 import platform
 import sys
 
-from . import inprocess, instructions, latency, memory, served
+from . import durable, inprocess, instructions, latency, memory, served
 from .report import Report
 
-SECTIONS = ("inprocess", "instructions", "latency", "served", "memory")
+SECTIONS = ("inprocess", "instructions", "latency", "served", "durable", "memory")
 
 
 def machine() -> str:
@@ -38,6 +38,8 @@ async def main(arguments: argparse.Namespace) -> Report:
         await latency.run(report, rounds=arguments.rounds)
     if "served" in arguments.only:
         await served.run(report, rounds=arguments.rounds, requests=arguments.served_requests)
+    if "durable" in arguments.only:
+        await durable.run(report, rounds=arguments.rounds, requests=arguments.served_requests)
     if "memory" in arguments.only:
         await memory.run(report, requests=arguments.memory_requests)
     return report

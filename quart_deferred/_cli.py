@@ -25,7 +25,7 @@ def _journal() -> Journal:
             "This app has no journal: set QUART_DEFERRED_JOURNAL (or QuartDeferred(journal=...))."
         )
     try:
-        return open_journal(url)
+        return open_journal(url, app.config.get("QUART_DEFERRED_JOURNAL_SYNC", "normal"))
     except InvalidOptionError as error:
         raise click.ClickException(str(error)) from None
 

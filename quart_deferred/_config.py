@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "QUART_DEFERRED_LOG_ARGUMENTS": False,  # Arguments in log lines: False, True or a function.
     "QUART_DEFERRED_ENQUEUE_MAX_AGE": 3600.0,  # With a journal: seconds a send is retried.
     "QUART_DEFERRED_JOURNAL": None,  # Where durable tasks are kept: "sqlite:///path", or None.
+    "QUART_DEFERRED_JOURNAL_SYNC": "normal",  # "full": an fsync per commit (power loss).
     "QUART_DEFERRED_LEASE": 30.0,  # Seconds a process holds its tasks without renewing.
 }
 

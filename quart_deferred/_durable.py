@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from contextvars import Context, copy_context
 import functools
+import itertools
 import logging
 import os
 import random
@@ -42,8 +43,15 @@ _CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
 _ERROR_TEXT = 500  # Characters of an attempt's error kept in the journal.
 
 
-def open_journal(url: object) -> Journal:
+def open_journal(url: object, sync: object = "normal") -> Journal:
     """Return the store that *url* names (not yet opened): only ``sqlite:///path`` for now."""
+    if sync not in ("normal", "full"):
+        msg = (
+            f"QUART_DEFERRED_JOURNAL_SYNC must be 'normal' (commits survive the process: a "
+            f"crash, SIGKILL) or 'full' (they survive a power loss too, at an fsync per "
+            f"commit), got {sync!r}."
+        )
+        raise InvalidOptionError(msg)
     if not isinstance(url, str) or not url.startswith("sqlite:///") or url == "sqlite:///":
         msg = (
             "QUART_DEFERRED_JOURNAL must be a URL such as 'sqlite:////var/lib/myapp/"
@@ -51,7 +59,7 @@ def open_journal(url: object) -> Journal:
             f"to the working directory), or None to keep jobs in memory only; got {url!r}."
         )
         raise InvalidOptionError(msg)
-    return SQLiteJournal(url)
+    return SQLiteJournal(url, sync)
 
 
 class Runtime:
@@ -73,6 +81,9 @@ class Runtime:
         self._runner_of = runner_of
         self._config_of = config_of
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # Job ids: 16 random hex digits for this runtime, then a count (no system call each).
+        self._ids = uuid.uuid4().hex[:16]
+        self._counter = itertools.count()
         self._opened = False
         # Calls waiting for their next attempt: held in their runner's pending count
         # meanwhile, so that join() and the drain wait for a retry that is due.
@@ -94,7 +105,7 @@ class Runtime:
     ) -> Job:
         """Encode a call of *task* (a clear error for arguments it cannot keep) as a job."""
         encoded = task.encode(args, kwargs, caller)
-        call = TaskCall(task, uuid.uuid4().hex, encoded, origin, time.time())
+        call = TaskCall(task, f"{self._ids}{next(self._counter):08x}", encoded, origin, time.time())
         call.runtime = self
         call.when = when
         return Job(call, (), NO_KWARGS, True, when, key)

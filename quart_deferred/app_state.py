@@ -77,7 +77,7 @@ class AppState:
             durable = self._durable = Runtime(
                 self.app,
                 self.extension.tasks,
-                None if url is None else open_journal(url),
+                None if url is None else open_journal(url, config["QUART_DEFERRED_JOURNAL_SYNC"]),
                 seconds(config, "QUART_DEFERRED_LEASE"),
                 self.runner,
                 lambda: self.config,

@@ -152,7 +152,8 @@ class QuartDeferred:
         seconds(config, "QUART_DEFERRED_LEASE")
         seconds(config, "QUART_DEFERRED_ENQUEUE_MAX_AGE")
         if config["QUART_DEFERRED_JOURNAL"] is not None:
-            open_journal(config["QUART_DEFERRED_JOURNAL"])  # Its URL checked; opened at the start.
+            # Checked here; opened at the start.
+            open_journal(config["QUART_DEFERRED_JOURNAL"], config["QUART_DEFERRED_JOURNAL_SYNC"])
         if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
             warnings.warn(
                 "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "

@@ -101,6 +101,9 @@ class Task(Generic[P, R]):
         self.serializer = serializer
         self.is_async = is_async(func, "task")
         self._signature = _signature(func)
+        # (fewest, most) positional arguments when the parameters are all plain positional
+        # ones: then a call without keyword arguments is checked by counting them.
+        self._fits = _positional_range(self._signature)
         functools.update_wrapper(self, func)  # Its name, module and docstring, for logs.
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -111,19 +114,13 @@ class Task(Generic[P, R]):
 
     def encode(self, args: tuple[Any, ...], kwargs: dict[str, Any], caller: str) -> str:
         """Return the arguments as the journal keeps them; a clear error for what it cannot."""
-        if self._signature is not None:
-            try:
-                bound = self._signature.bind(*args, **kwargs)
-            except TypeError as error:
-                msg = f"{caller}() cannot call the task {self.name} with these arguments: {error}."
-                raise InvalidArgumentError(msg) from None
-            named = list(bound.arguments.items())
-        else:
-            named = [(str(index), value) for index, value in enumerate(args)]
-            named += list(kwargs.items())
+        fits = self._fits
+        if kwargs or fits is None or not fits[0] <= len(args) <= fits[1]:
+            self._bind(args, kwargs, caller)  # The full check: a clear error if they don't fit.
         try:
             return self.serializer.dumps([list(args), kwargs])
         except (TypeError, ValueError, OverflowError) as error:
+            named = self._bind(args, kwargs, caller)
             for parameter, value in named:
                 try:
                     self.serializer.dumps(value)
@@ -139,6 +136,18 @@ class Task(Generic[P, R]):
                     raise InvalidArgumentError(msg) from None
             msg = f"{caller}() cannot serialize the arguments of the task {self.name}: {error}."
             raise InvalidArgumentError(msg) from None
+
+    def _bind(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], caller: str
+    ) -> list[tuple[str, Any]]:
+        if self._signature is None:
+            return [(str(index), value) for index, value in enumerate(args)] + list(kwargs.items())
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as error:
+            msg = f"{caller}() cannot call the task {self.name} with these arguments: {error}."
+            raise InvalidArgumentError(msg) from None
+        return list(bound.arguments.items())
 
     def label(self, arguments: str) -> str:
         """The name a call of this task is logged and traced under."""
@@ -257,6 +266,17 @@ def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(func)
     except (TypeError, ValueError):
         return None
+
+
+def _positional_range(signature: inspect.Signature | None) -> tuple[int, int] | None:
+    if signature is None:
+        return None
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    parameters = list(signature.parameters.values())
+    if not all(parameter.kind in plain for parameter in parameters):
+        return None
+    required = sum(parameter.default is inspect.Parameter.empty for parameter in parameters)
+    return required, len(parameters)
 
 
 def _short(value: object) -> str:

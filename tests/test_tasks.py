@@ -62,11 +62,14 @@ def journaled(tmp_path: Path, **options: Any) -> tuple[Quart, QuartDeferred, Pat
     return app, QuartDeferred(app, journal=f"sqlite:///{path}", **options), path
 
 
+@pytest.mark.parametrize("sync", ["normal", "full"])
 async def test_a_task_runs_after_the_response_with_its_arguments_and_not_the_request(
-    tmp_path: Path,
+    tmp_path: Path, sync: str
 ) -> None:
-    """A task gets JSON round-tripped arguments, an app context, no request; its record is done."""
+    """A task gets JSON round-tripped arguments, an app context, no request; its record is done
+    (with the journal written on the loop, and with fsyncs on its thread)."""
     app, deferred, path = journaled(tmp_path)
+    app.config["QUART_DEFERRED_JOURNAL_SYNC"] = sync
     task = deferred.task(remember)
 
     @app.get("/")
@@ -263,6 +266,10 @@ def test_a_journal_url_that_is_not_one_is_refused_at_init() -> None:
     """QUART_DEFERRED_JOURNAL must be sqlite:///path or None: said at init_app."""
     with pytest.raises(InvalidOptionError, match="four slashes for an absolute path"):
         QuartDeferred(Quart(__name__), journal="/var/lib/deferred.sqlite3")
+    app = Quart(__name__)
+    app.config["QUART_DEFERRED_JOURNAL_SYNC"] = "fsync"
+    with pytest.raises(InvalidOptionError, match="must be 'normal' .* or 'full'"):
+        QuartDeferred(app, journal="sqlite:///x.sqlite3")
 
 
 async def test_a_journal_that_cannot_be_written_is_a_clear_error_at_start(tmp_path: Path) -> None:
