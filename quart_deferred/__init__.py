@@ -22,7 +22,8 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
 - ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
 - ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
-- ``_stepping``: how the runner steps an async job (timing, its own cancellations).
+- ``_stepping``: how the runner steps an async job (timing, its own cancellations), and
+  ``in_context`` (a coroutine stepped in a context of its own: a task's attempt).
 - ``threads``: the runner's threads for plain ``def`` jobs.
 - ``metrics``: ``Counters``, ``Keys`` (claimed and released here only), ``Stats``, latencies
   and the Prometheus page.
@@ -46,7 +47,7 @@ from .exceptions import (
     OverloadedError,
 )
 from .extension import QuartDeferred
-from .metrics import Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
+from .metrics import JournalCounts, Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
 from .post_response import after_this_response, Delivery
 from .queues import enqueue_after_response
 from .tasks import current_job, CurrentJob, Task
@@ -62,6 +63,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidCallbackError",
     "InvalidOptionError",
+    "JournalCounts",
     "Latency",
     "NotInitialisedError",
     "OverloadedError",

@@ -22,7 +22,6 @@ import logging
 import os
 import random
 import socket
-import sys
 import time
 from typing import Any
 import uuid
@@ -32,6 +31,7 @@ from quart import Quart
 from ._config import log_arguments, show_arguments
 from ._journal import Journal, Record
 from ._sqlite_journal import SQLiteJournal
+from ._stepping import in_context
 from .exceptions import InvalidOptionError
 from .jobs import Batch, Job, log_fields, NO_KWARGS, When
 from .runner import TaskRunner
@@ -39,7 +39,6 @@ from .tasks import CurrentJob, Retrying, run_as, Task, TaskCall
 
 logger = logging.getLogger("quart_deferred")
 
-_CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
 _ERROR_TEXT = 500  # Characters of an attempt's error kept in the journal.
 
 
@@ -158,15 +157,8 @@ class Runtime:
         task = call.task
         context = Context()
         run_as(CurrentJob(call.id, call.name, call.attempt + 1), context)
-        coro = self._run(task, call.arguments)
-        loop = asyncio.get_running_loop()
-        if _CONTEXT_ARGUMENT:
-            create_task: Any = loop.create_task
-            inner = create_task(coro, context=context)
-        else:
-            inner = context.run(loop.create_task, coro)
         try:
-            await inner
+            await in_context(context, self._run(task, call.arguments))
         except asyncio.CancelledError:
             if not self._runner_of().closed:  # Its timeout, not the shutdown.
                 self._failed(call, TimeoutError("the attempt ran past its task timeout"))
@@ -329,7 +321,7 @@ class Runtime:
         try:
             await self.journal.release(self.owner)
         finally:
-            await asyncio.to_thread(self.journal.close)
+            self.journal.close()  # On the loop: "normal" writes there; "full" joins its thread.
             self._opened = False
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Generator
+from contextvars import Context
 import gc
 import time
 import types
@@ -124,3 +125,29 @@ def drive(coro: Coroutine[Any, Any, Any], watch: Watch, first: Any) -> Generator
             took = clock() - began - (gc_seconds[0] - collected)
             if took > watch.slowest:
                 watch.slowest = took
+
+
+@types.coroutine
+def in_context(context: Context, coro: Coroutine[Any, Any, Any]) -> Generator[Any, Any, Any]:
+    """Await *coro* with each of its steps run in *context*, on the task awaiting this.
+
+    What a task of its own with ``context=`` gives (the coroutine sees and sets
+    only *context*'s variables), without a task: no scheduling, no second
+    task to cancel. Whatever the task sends or throws in goes on into *coro*.
+    """
+    step: Any = coro.send
+    value: Any = None
+    while True:
+        try:
+            yielded = context.run(step, value)
+        except StopIteration as returned:
+            return returned.value
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            context.run(coro.close)
+            raise
+        except BaseException as error:
+            step, value = coro.throw, error
+        else:
+            step = coro.send

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextvars import copy_context
+from dataclasses import replace
 import logging
 import math
 from typing import Any, overload, ParamSpec, TypeVar
@@ -34,7 +35,7 @@ from .adapters import QueueAdapter
 from .app_state import AppState
 from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
 from .jobs import Batch, check_when, Hook, is_async, Job, When
-from .metrics import Stats
+from .metrics import JournalCounts, Stats
 from .tasks import JSON, register_task, Serializer, Task
 
 P = ParamSpec("P")
@@ -362,8 +363,19 @@ class QuartDeferred:
         return await work_of(response, timeout)
 
     def stats(self, app: Quart | None = None) -> Stats:
-        """Return a snapshot of the counters of *app* (default: current or only app)."""
-        return self._state(app).counters.snapshot()
+        """Return a snapshot of the counters of *app* (default: current or only app).
+
+        With a journal, ``journal`` holds its counts, read from the file now.
+        """
+        state = self._state(app)
+        stats = state.counters.snapshot()
+        journal = state.durable().journal
+        if journal is None:
+            return stats
+        counts = journal.counts()
+        return replace(
+            stats, journal=JournalCounts(counts["waiting"], counts["dead"], counts["done"])
+        )
 
     def _state(self, app: Quart | None) -> AppState:
         if app is not None:

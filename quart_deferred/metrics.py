@@ -73,6 +73,19 @@ class LatencyRecorder:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalCounts:
+    """The records in the journal, every process's (see "Durable tasks" in the README).
+
+    ``waiting`` (not yet run to the end, held or not), ``dead`` (their last
+    attempt failed) and ``done``, until ``quart deferred purge`` removes them.
+    """
+
+    waiting: int = 0
+    dead: int = 0
+    done: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A snapshot of what one app's runner has done; see ``QuartDeferred.stats()``."""
 
@@ -87,6 +100,7 @@ class Stats:
     skipped: int = 0
     wait: Latency = Latency()  # From the final send (or start_soon) to the job's start.
     duration: Latency = Latency()  # From the job's start to its end, whichever way.
+    journal: JournalCounts | None = None  # With QUART_DEFERRED_JOURNAL: read at the snapshot.
 
 
 class Keys:
@@ -206,6 +220,10 @@ def _lines(stats: Stats, labels: str) -> Iterator[str]:
         yield sample("jobs_finished_total", getattr(stats, outcome), f'outcome="{outcome}"')
     yield family("jobs_skipped_total", "counter", "Jobs whose `when` did not match the response.")
     yield sample("jobs_skipped_total", stats.skipped)
+    if stats.journal is not None:
+        yield family("journal_jobs", "gauge", "Records in the durable-task journal, by state.")
+        for state in ("waiting", "dead", "done"):
+            yield sample("journal_jobs", getattr(stats.journal, state), f'state="{state}"')
     for name, latency, help_text in (
         ("job_wait_seconds", stats.wait, "From the response's final send to the job's start."),
         ("job_duration_seconds", stats.duration, "How long jobs ran."),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from quart_deferred._stepping import Carried, drive, IgnoredCancellation, Watch
+from quart_deferred._stepping import Carried, drive, IgnoredCancellation, in_context, Watch
 
 
 class Step:
@@ -241,3 +241,65 @@ async def test_a_real_task_cancellation_is_delivered_to_a_driven_job() -> None:
     with pytest.raises(asyncio.CancelledError):
         await running
     assert seen == ["cancelled"]
+
+
+VARIABLE: contextvars.ContextVar[str] = contextvars.ContextVar("VARIABLE", default="outside")
+
+
+def test_in_context_runs_each_step_in_its_context_and_keeps_what_it_sets_there() -> None:
+    """Every step sees the given context; what the coroutine sets stays in it, not outside."""
+    seen: list[str] = []
+
+    async def job() -> str:
+        seen.append(VARIABLE.get())
+        VARIABLE.set("set by the job")
+        sent = await Step("waiting")
+        seen.append(VARIABLE.get())
+        return f"done with {sent}"
+
+    context = contextvars.Context()
+    context.run(VARIABLE.set, "given")
+    driver = in_context(context, job())
+    assert driver.send(None) == "waiting"
+    assert VARIABLE.get() == "outside"  # Between steps: the caller's context.
+    with pytest.raises(StopIteration) as returned:
+        driver.send("the answer")
+    assert returned.value.value == "done with the answer"
+    assert seen == ["given", "set by the job"]
+    assert context[VARIABLE] == "set by the job" and VARIABLE.get() == "outside"
+
+
+def test_in_context_passes_a_thrown_cancellation_and_a_close_into_the_coroutine() -> None:
+    """A CancelledError thrown in reaches the coroutine (in its context); a close closes it."""
+    events: list[str] = []
+
+    async def job() -> None:
+        try:
+            await Step("first")
+        except asyncio.CancelledError:
+            events.append(f"cancelled, seeing {VARIABLE.get()}")
+            await Step("after the cancellation")
+        try:
+            await Step("second")
+        finally:
+            events.append("closed")
+
+    context = contextvars.Context()
+    context.run(VARIABLE.set, "its own")
+    driver = in_context(context, job())
+    assert driver.send(None) == "first"
+    assert driver.throw(asyncio.CancelledError()) == "after the cancellation"
+    assert driver.send(None) == "second"
+    driver.close()
+    assert events == ["cancelled, seeing its own", "closed"]
+
+
+async def test_in_context_on_a_task_raises_what_the_coroutine_raises() -> None:
+    """Awaited by a real task: the coroutine's error comes out unchanged."""
+
+    async def job() -> None:
+        await asyncio.sleep(0)
+        raise LookupError("from the job")
+
+    with pytest.raises(LookupError, match="from the job"):
+        await in_context(contextvars.Context(), job())

@@ -20,7 +20,9 @@ from quart_deferred import (
     InvalidArgumentError,
     InvalidCallbackError,
     InvalidOptionError,
+    JournalCounts,
     QuartDeferred,
+    render_prometheus,
 )
 
 from .conftest import wait
@@ -141,7 +143,9 @@ async def test_a_success_task_of_a_failed_response_is_neither_kept_nor_run(tmp_p
         await deferred.join(timeout=5)
     assert [value for value, *_ in seen] == ["on failure"]
     assert rows(path) == [("tests.test_tasks.remember", "done", 0)]
-    assert deferred.stats().skipped == 1
+    stats = deferred.stats()
+    assert stats.skipped == 1 and stats.journal == JournalCounts(waiting=0, dead=0, done=1)
+    assert 'journal_jobs{state="done"} 1' in render_prometheus(stats)
 
 
 async def test_a_failing_task_is_retried_then_kept_as_dead_and_logged(
