@@ -8,9 +8,11 @@ their ``RAN_FILE`` (one line per event, with the job's id and attempt).
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import defaultdict
 from collections.abc import Callable
 import contextlib
+import json
 import os
 from pathlib import Path
 import random
@@ -22,6 +24,7 @@ from benchmarks.loadgen import Connection
 
 from .conftest import wait
 from .servers import serving
+from .test_queues import RedisServer
 
 APP = "tests.apps.durable:app"
 
@@ -48,10 +51,22 @@ async def until_file(tmp_path: Path, done: Callable[[list[list[str]]], bool]) ->
         await asyncio.sleep(0.05)
 
 
+def held(server: RedisServer) -> dict[str, set[str]]:
+    """The Celery messages in the ``held`` queue: request id -> the message ids it came with."""
+    sent: dict[str, set[str]] = defaultdict(set)
+    for raw in server.client.lrange("held", 0, -1):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        sent[args[0]].add(message["headers"]["id"])
+    return sent
+
+
 @pytest.mark.reliability
 async def test_every_task_of_a_complete_response_runs_after_a_sigkill(tmp_path: Path) -> None:
-    """SIGKILL under load, restart: each completed response's task ran, duplicates share an id."""
-    env = environment(tmp_path, LEASE="2")
+    """SIGKILL under load, restart: each completed response's task ran and its Celery send
+    arrived; a task that ran twice, or a send that arrived twice, carries one job id."""
+    redis_server = RedisServer()
+    env = environment(tmp_path, LEASE="2", REDIS=redis_server.url)
     completed: set[str] = set()
     started: set[str] = set()
     stop = asyncio.Event()
@@ -65,7 +80,7 @@ async def test_every_task_of_a_complete_response_runs_after_a_sigkill(tmp_path: 
                     request_id = f"c{number}-{count}"
                     count += 1
                     started.add(request_id)
-                    status, body = await connection.get(f"/work/{request_id}")
+                    status, body = await connection.get(f"/both/{request_id}")
                     if status == 200 and body == f"scheduled {request_id}".encode():
                         completed.add(request_id)
         finally:
@@ -83,7 +98,13 @@ async def test_every_task_of_a_complete_response_runs_after_a_sigkill(tmp_path: 
     assert len(completed) > 100, "the load did not get going"
     async with serving("hypercorn", APP, env=env):
         await wait(until_file(tmp_path, lambda lines: completed <= {line[1] for line in lines}), 30)
+        while not completed <= set(held(redis_server)):
+            await wait(asyncio.sleep(0.05))
         await asyncio.sleep(0.5)  # Anything else the restart would run has run by now.
+    sends = held(redis_server)
+    redis_server.stop()
+    assert all(len(ids) == 1 for ids in sends.values())  # A re-send carries the same id.
+    assert set(sends) - completed <= started
     jobs: dict[str, set[str]] = defaultdict(set)
     runs: dict[str, int] = defaultdict(int)
     for what, request_id, job_id, _attempt, _pid in events(tmp_path):

@@ -15,7 +15,7 @@ import sys
 
 from quart import Quart
 
-from quart_deferred import after_this_response, current_job, QuartDeferred
+from quart_deferred import after_this_response, current_job, enqueue_after_response, QuartDeferred
 
 logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(message)s")
 logging.getLogger("hypercorn").setLevel(logging.WARNING)
@@ -52,6 +52,27 @@ async def slow(request_id: str) -> None:
     note("started", request_id)
     await asyncio.sleep(TASK_SECONDS)
     note("finished", request_id)
+
+
+if os.environ.get("REDIS"):  # A Celery task routed to a queue no worker reads: counted there.
+    from celery import Celery
+
+    celery_app = Celery("durable_tests", broker=os.environ["REDIS"])
+    celery_app.conf.update(
+        broker_connection_retry_on_startup=True,
+        task_routes={"tests.durable.sent": {"queue": "held"}},
+    )
+
+    @celery_app.task(name="tests.durable.sent")  # type: ignore[untyped-decorator]
+    def sent(request_id: str) -> None:
+        pass
+
+
+@app.get("/both/<request_id>")
+async def both(request_id: str) -> str:
+    after_this_response(record, request_id, when="success")
+    enqueue_after_response(sent, request_id)
+    return f"scheduled {request_id}"
 
 
 @app.get("/health")
