@@ -10,6 +10,7 @@ startup to the first of 10,000 left jobs running.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import sqlite3
@@ -61,6 +62,16 @@ async def _timed(
     return elapsed, each
 
 
+def _hypercorn(name: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hypercorn",
+        f"--bind=127.0.0.1:{port}",
+        f"benchmarks.durable_apps:{name}",
+    ]
+
+
 async def run(report: Report, *, rounds: int, requests: int, connections: int = 50) -> None:
     folder = tempfile.mkdtemp(prefix="quart-deferred-bench-")
     os.environ["BENCH_JOURNAL"] = os.path.join(folder, "journal.sqlite3")
@@ -69,15 +80,7 @@ async def run(report: Report, *, rounds: int, requests: int, connections: int = 
     servers = {}
     try:
         for name in names:
-            servers[name] = await start_server(
-                lambda port, name=name: [
-                    sys.executable,
-                    "-m",
-                    "hypercorn",
-                    f"--bind=127.0.0.1:{port}",
-                    f"benchmarks.durable_apps:{name}",
-                ]  # fmt: skip
-            )
+            servers[name] = await start_server(functools.partial(_hypercorn, name))
         times: dict[str, list[float]] = {name: [] for name in servers}
         latencies: dict[str, list[float]] = {name: [] for name in servers}
         paced: dict[str, list[float]] = {name: [] for name in servers}
