@@ -15,7 +15,8 @@ Where each concept lives (no import cycles among them, not even type-only ones):
   final send, leases, the claim of jobs left by earlier processes, what is kept at shutdown.
 - ``_cli``: ``quart deferred list|retry|purge``, for operators.
 - ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
-  SQLite store (one writer thread, group commit, WAL).
+  SQLite store (schema, operations, WAL); ``_group_commit``: its writes, committed in groups
+  on the event loop (``QUART_DEFERRED_JOURNAL_SYNC="normal"``) or on a thread (``"full"``).
 - ``adapters``: ``QueueAdapter`` and the Celery and taskiq adapters (recognise, find, send).
 - ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
 - ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).

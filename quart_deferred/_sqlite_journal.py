@@ -1,30 +1,16 @@
-"""The SQLite journal: one file, WAL mode, writes committed in groups.
+"""The SQLite journal: one file in WAL mode, its schema, and the journal's operations in SQL.
 
-Requests do not pay a commit each: writes are queued, and everything queued
-is run in one transaction and committed once, then every waiter of that
-group is woken with one call per event loop. Two ways, by
-``QUART_DEFERRED_JOURNAL_SYNC``:
-
-- ``"normal"`` (the default): the group is written on the event loop, once
-  per pass of the loop, with ``synchronous=NORMAL``. A commit is then a write
-  into the WAL file, no ``fsync``: tens of microseconds, which the loop pays
-  rather than a hand-over to a thread (which waits for the GIL, up to its
-  5 ms switch interval under load). What is committed survives the process
-  (SIGKILL, a crash); a power loss or an operating system crash may lose the
-  last commits.
-- ``"full"``: the group is written on a thread of its own, with
-  ``synchronous=FULL``: each commit is ``fsync``-ed, and survives a power
-  loss too. While one group commits, the next gathers.
-
-Several processes may share the file: SQLite's own locking orders their
-transactions (``BEGIN IMMEDIATE``, a busy timeout of 10 s).
+The writes go through a ``GroupWriter`` (_group_commit.py): queued, and
+committed in groups, on the event loop or on a thread. The CLI's reads and
+changes use a connection of their own. Several processes may share the
+file: SQLite's own locking orders their transactions (``BEGIN IMMEDIATE``,
+a busy timeout of 10 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 import logging
 import os
 import sqlite3
@@ -32,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+from ._group_commit import GroupWriter, Operation
 from ._journal import JournalError, Record
 
 logger = logging.getLogger("quart_deferred")
@@ -56,10 +43,6 @@ CREATE INDEX IF NOT EXISTS quart_deferred_jobs_by_state
 """
 _COLUMNS = "id, name, arguments, origin, created, not_before, attempt, state, owner, error"
 
-CHECKPOINT_EVERY = 1.0  # Seconds between checkpoints of the WAL ("normal").
-
-Operation = Callable[[sqlite3.Connection], Any]
-
 
 class SQLiteJournal:
     """A journal in one SQLite file, shared by every process that names it."""
@@ -67,15 +50,10 @@ class SQLiteJournal:
     def __init__(self, url: str, sync: str = "normal") -> None:
         self.url = url
         self.sync = sync
-        self._connection: sqlite3.Connection | None = None  # "normal": the loop's writer.
-        self._flushing: asyncio.Handle | None = None
+        self._writer: GroupWriter | None = None
         self._done: list[str] = []  # Ids of jobs that succeeded, not yet written.
         self._done_lock = threading.Lock()
         self.path = url.removeprefix("sqlite:///")  # sqlite:////abs/path: an absolute path.
-        self._queue: deque[tuple[Operation, asyncio.Future[Any] | None]] = deque()
-        self._ready = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closing = False
 
     # Opening and closing
 
@@ -106,134 +84,19 @@ class SQLiteJournal:
         return connection
 
     def open(self) -> None:
-        if self._thread is not None or self._connection is not None:
-            return
-        connection = self.connect()  # Here, so that an error is raised at the start.
-        if self.sync == "normal":
-            # Checkpoints (the WAL copied back into the file, with an fsync) on a thread
-            # of their own, not in the commit that happens to cross the threshold.
-            connection.execute("PRAGMA wal_autocheckpoint=0")
-            self._connection = connection
-            self._closing = False
-            self._thread = threading.Thread(
-                target=self._checkpoint, name="quart-deferred-checkpoint", daemon=True
-            )
-            self._thread.start()
-            return
-        self._closing = False
-        self._thread = threading.Thread(
-            target=self._write, args=(connection,), name="quart-deferred-journal", daemon=True
-        )
-        self._thread.start()
+        if self._writer is None:
+            self._writer = GroupWriter(self.connect, self.url, self.sync)  # Raises here.
 
     def close(self) -> None:
-        connection = self._connection
-        if connection is not None:
-            self._flush()
-            connection.close()
-            self._connection = None
-        thread = self._thread
-        if thread is None:
-            return
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-        thread.join(timeout=10.0)
-        self._thread = None
-
-    # The writer thread
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _submit(self, operation: Operation, *, wait: bool) -> asyncio.Future[Any] | None:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future() if wait else None
-        if self._connection is not None:  # "normal": written on the loop, once per pass.
-            self._queue.append((operation, future))
-            if self._flushing is None:
-                self._flushing = loop.call_soon(self._flush)
-            return future
-        with self._ready:
-            self._queue.append((operation, future))
-            self._ready.notify()
-        return future
-
-    def _flush(self) -> None:
-        self._flushing = None
-        if self._queue and self._connection is not None:
-            group = list(self._queue)
-            self._queue.clear()
-            self._commit(self._connection, group)
-
-    def _checkpoint(self) -> None:
-        connection = self.connect()
-        # No fsync in the copy either: a write to the WAL on the loop would wait behind it
-        # (the file system orders them), and "normal" does not promise power-loss safety.
-        connection.execute("PRAGMA synchronous=OFF")
-        try:
-            while True:
-                with self._ready:
-                    self._ready.wait(timeout=CHECKPOINT_EVERY)
-                    closing = self._closing
-                try:
-                    connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as error:  # Busy, or the disk: the next one tries again.
-                    logger.debug("Journal checkpoint of %s failed: %s", self.url, error)
-                if closing:
-                    return
-        finally:
-            connection.close()
-
-    def _write(self, connection: sqlite3.Connection) -> None:
-        queue = self._queue
-        while True:
-            with self._ready:
-                while not queue and not self._closing:
-                    self._ready.wait()
-                if not queue:  # Closing, and everything queued is written.
-                    break
-                group = list(queue)
-                queue.clear()
-            self._commit(connection, group)
-        connection.close()
-
-    def _commit(
-        self,
-        connection: sqlite3.Connection,
-        group: list[tuple[Operation, asyncio.Future[Any] | None]],
-    ) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            for operation, future in group:
-                result = operation(connection)
-                if future is not None:
-                    results.append((future, result, None))
-            connection.execute("COMMIT")
-        except Exception as error:  # sqlite3's, or a bug in an operation: never the thread's end.
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            logger.error(
-                "Quart-Deferred could not write %d changes to the journal %s: %s",
-                len(group),
-                self.url,
-                error,
-            )
-            failure = JournalError(f"The journal {self.url} could not be written: {error}")
-            results = [(future, None, failure) for _, future in group if future is not None]
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for item in results:
-            by_loop.setdefault(item[0].get_loop(), []).append(item)
-        try:
-            here = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        for loop, items in by_loop.items():
-            if loop is here:  # Written on the loop: no wake-up through its pipe needed.
-                loop.call_soon(_settle, items)
-                continue
-            try:
-                loop.call_soon_threadsafe(_settle, items)
-            except RuntimeError:  # That loop has closed: nobody waits any more.
-                pass
+        if self._writer is None:
+            msg = f"The journal {self.url} is not open (or closed already)."
+            raise JournalError(msg)
+        return self._writer.submit(operation, wait=wait)
 
     # The protocol
 
@@ -424,13 +287,3 @@ class SQLiteJournal:
     def counts(self) -> dict[str, int]:
         rows, _ = self._direct("SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state")
         return {"waiting": 0, "done": 0, "dead": 0, **dict(rows)}
-
-
-def _settle(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in items:
-        if future.done():  # Given up on (a cancelled send): the write stands.
-            continue
-        if error is None:
-            future.set_result(result)
-        else:
-            future.set_exception(error)
