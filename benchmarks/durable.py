@@ -10,6 +10,7 @@ startup to the first of 10,000 left jobs running.
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 import functools
 import os
 import shutil
@@ -168,7 +169,7 @@ def _redis() -> subprocess.Popen[bytes] | None:
 def _fill(path: str, count: int, state: str, name: str) -> None:
     SQLiteJournal(f"sqlite:///{path}").connect().close()  # The schema.
     now = time.time() - 3600
-    with sqlite3.connect(path) as connection:
+    with closing(sqlite3.connect(path)) as connection, connection:
         connection.executemany(
             "INSERT INTO quart_deferred_jobs (id, name, arguments, origin, created, not_before, "
             "attempt, state, updated) VALUES (?, ?, '[[\"1\"], {}]', 'GET /', ?, ?, 0, ?, ?)",

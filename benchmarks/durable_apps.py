@@ -21,7 +21,7 @@ async def record(request_id: str) -> None:
 
 
 durable_memory = Quart("durable_memory")
-QuartDeferred(durable_memory)
+_memory_deferred = QuartDeferred(durable_memory)
 
 
 @durable_memory.get("/")

@@ -67,6 +67,7 @@ class SQLiteJournal:
                 "elsewhere."
             )
             raise JournalError(msg)
+        connection: sqlite3.Connection | None = None
         try:
             connection = sqlite3.connect(
                 self.path, timeout=10.0, isolation_level=None, check_same_thread=False
@@ -75,6 +76,8 @@ class SQLiteJournal:
             connection.execute(f"PRAGMA synchronous={self.sync.upper()}")
             connection.executescript(_SCHEMA)
         except sqlite3.Error as error:
+            if connection is not None:
+                connection.close()
             msg = (
                 f"The journal {self.url} cannot be opened for writing ({error}). Check that "
                 f"the server's user may write {os.path.abspath(self.path)} and its folder, "
