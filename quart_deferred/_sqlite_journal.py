@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS quart_deferred_jobs (
 );
 CREATE INDEX IF NOT EXISTS quart_deferred_jobs_by_state
     ON quart_deferred_jobs (state, updated);
+CREATE TABLE IF NOT EXISTS quart_deferred_meta (key TEXT PRIMARY KEY, value REAL);
 """
 _COLUMNS = "id, name, arguments, origin, created, not_before, attempt, state, owner, error"
 
@@ -260,8 +261,23 @@ class SQLiteJournal:
         finally:
             connection.close()
 
+    def _read(self, sql: str, values: tuple[object, ...] = ()) -> list[Any]:
+        """Return the rows of the query *sql*, read without the write lock (``stats()`` reads
+        on the event loop: in WAL mode a reader never waits for a writer)."""
+        if not os.path.exists(self.path):
+            return []
+        connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            return connection.execute(sql, values).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):  # Opened by nothing yet.
+                return []
+            raise
+        finally:
+            connection.close()
+
     def jobs(self, state: str, limit: int) -> list[Record]:
-        rows, _ = self._direct(
+        rows = self._read(
             f"SELECT {_COLUMNS} FROM quart_deferred_jobs WHERE state = ? ORDER BY created LIMIT ?",
             (state, limit),
         )
@@ -288,5 +304,5 @@ class SQLiteJournal:
         return changed
 
     def counts(self) -> dict[str, int]:
-        rows, _ = self._direct("SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state")
+        rows = self._read("SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state")
         return {"waiting": 0, "done": 0, "dead": 0, **dict(rows)}

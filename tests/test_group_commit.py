@@ -1,0 +1,87 @@
+"""The journal's writes on the event loop: never a blocked loop, whatever holds the file."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+import sys
+import time
+
+from quart import Quart
+
+from quart_deferred import after_this_response, QuartDeferred
+
+seen: list[str] = []
+
+# Another process that holds the journal's write lock until told to let go.
+LOCKER = """
+import sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+connection.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+connection.execute("COMMIT")
+"""
+
+
+async def note(value: str) -> None:
+    """A task: note that it ran."""
+    seen.append(value)
+
+
+async def test_a_journal_locked_by_another_process_does_not_block_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """While another process holds the write lock, the loop serves on; the record waits for it.
+
+    The response whose task cannot be written yet is not complete until the lock
+    is let go of; stats() reads the journal without waiting for the lock.
+    """
+    seen.clear()
+    app = Quart(__name__)
+    path = tmp_path / "journal.sqlite3"
+    deferred = QuartDeferred(app, journal=f"sqlite:///{path}")
+    task = deferred.task(note)
+
+    @app.get("/<value>")
+    async def index(value: str) -> str:
+        after_this_response(task, value, when="success")
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    async with app.test_app():
+        assert (await app.test_client().get("/before")).status_code == 200
+        await deferred.join(timeout=5)
+        locker = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LOCKER,
+            str(path),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert locker.stdin is not None and locker.stdout is not None
+        try:
+            assert await asyncio.wait_for(locker.stdout.readline(), 10) == b"locked\n"
+            request = asyncio.ensure_future(app.test_client().get("/locked"))
+            lag, started = 0.0, loop.time()
+            last = started
+            while loop.time() - started < 1.0:  # The loop keeps turning while the lock is held.
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                lag, last = max(lag, now - last - 0.01), now
+            reading = time.perf_counter()
+            counts = deferred.stats().journal
+            read_in = time.perf_counter() - reading
+            assert not request.done()  # Its record is not on disk, so its response is not sent.
+        finally:
+            locker.stdin.write(b"go\n")
+            await locker.stdin.drain()
+            await asyncio.wait_for(locker.wait(), 10)
+        response = await asyncio.wait_for(request, 15)
+        assert response.status_code == 200
+        await deferred.join(timeout=5)
+    assert lag < 0.1, f"the event loop stalled for {lag:.3f}s"
+    assert read_in < 0.5, f"stats() waited {read_in:.3f}s for the lock"
+    assert counts is not None and counts.done == 1
+    assert seen == ["before", "locked"]
