@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "QUART_DEFERRED_JOURNAL": None,  # Where durable tasks are kept: "sqlite:///path", or None.
     "QUART_DEFERRED_JOURNAL_SYNC": "normal",  # "full": an fsync per commit (power loss).
     "QUART_DEFERRED_LEASE": 30.0,  # Seconds a process holds its tasks without renewing.
+    "QUART_DEFERRED_JOURNAL_KEEP": 7 * 86400.0,  # Seconds done jobs are kept; None: for ever.
 }
 
 ArgumentRedactor = Callable[[tuple[Any, ...], dict[str, Any]], str]

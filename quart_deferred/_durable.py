@@ -19,6 +19,7 @@ from contextvars import Context, copy_context
 import functools
 import itertools
 import logging
+import math
 import os
 import random
 import socket
@@ -28,7 +29,7 @@ import uuid
 
 from quart import Quart
 
-from ._config import log_arguments, show_arguments
+from ._config import log_arguments, optional_seconds, show_arguments
 from ._journal import Journal, Record
 from ._sqlite_journal import SQLiteJournal
 from ._stepping import in_context
@@ -40,6 +41,8 @@ from .tasks import CurrentJob, Retrying, run_as, Task, TaskCall
 logger = logging.getLogger("quart_deferred")
 
 _ERROR_TEXT = 500  # Characters of an attempt's error kept in the journal.
+EXPIRE_EVERY = 3600.0  # Seconds between two removals of old done records.
+_EXPIRE_BATCH = 500  # Records removed in one transaction: a millisecond or two on the loop.
 
 
 def open_journal(url: object, sync: object = "normal") -> Journal:
@@ -283,13 +286,41 @@ class Runtime:
 
     async def _renew(self) -> None:
         journal = self.ensure_open()
+        expired = -math.inf
         while True:
+            if time.monotonic() - expired >= EXPIRE_EVERY:
+                expired = time.monotonic()
+                try:
+                    await self._expire(journal)
+                except Exception:
+                    logger.exception("Quart-Deferred could not clean the journal %s.", journal.url)
             await asyncio.sleep(self.lease / 3)
             journal.renew(self.owner, time.time() + self.lease)
             try:
                 await self._claim()  # Take over the jobs of processes that have ended.
             except Exception:
                 logger.exception("Quart-Deferred could not read the journal %s.", journal.url)
+
+    async def _expire(self, journal: Journal) -> None:
+        """Remove done records older than ``QUART_DEFERRED_JOURNAL_KEEP``, a few at a time."""
+        keep = optional_seconds(self._config_of(), "QUART_DEFERRED_JOURNAL_KEEP")
+        if keep is None:
+            return
+        before, removed = time.time() - keep, 0
+        while True:
+            count = await journal.expire(before, _EXPIRE_BATCH)
+            removed += count
+            if count < _EXPIRE_BATCH:
+                break
+        if removed:
+            logger.info(
+                "Quart-Deferred removed %d finished jobs older than %.1fd from the journal %s "
+                "(QUART_DEFERRED_JOURNAL_KEEP).",
+                removed,
+                keep / 86400,
+                journal.url,
+                extra=log_fields(None, None),
+            )
 
     async def close(self) -> None:
         """Let go of what has not finished, for the next process, and say what was kept."""

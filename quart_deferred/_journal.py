@@ -97,6 +97,12 @@ class Journal(Protocol):
     def revive(self, job_id: str | None) -> int:
         """Make the dead job *job_id* (every dead job if ``None``) wait again; return how many."""
 
+    def expire(self, before: float, limit: int) -> Awaitable[int]:
+        """Delete up to *limit* done records finished before *before*; return how many.
+
+        A write among the others (the running app's), kept short by *limit*.
+        """
+
     def purge(self, states: Collection[str], before: float) -> int:
         """Delete records in *states* last changed before *before*; return how many."""
 

@@ -52,8 +52,12 @@ class SQLiteJournal:
         self.url = url
         self.sync = sync
         self._writer: GroupWriter | None = None
-        self._done: list[str] = []  # Ids of jobs that succeeded, not yet written.
-        self._done_lock = threading.Lock()
+        # Rows to insert, and the future their one INSERT settles; ids of jobs that
+        # succeeded: each gathered until its write runs, as one statement.
+        self._adding: list[tuple[object, ...]] = []
+        self._added: asyncio.Future[None] | None = None
+        self._done: list[str] = []
+        self._lock = threading.Lock()  # The writer thread ("full") swaps these lists.
         self.path = url.removeprefix("sqlite:///")  # sqlite:////abs/path: an absolute path.
 
     # Opening and closing
@@ -124,28 +128,33 @@ class SQLiteJournal:
             )
             for r in records
         ]
+        with self._lock:
+            added = self._added
+            if added is None:  # The first since the last insert: one statement for them all.
+                added = self._added = self._submit(self._insert, wait=True)
+            self._adding += rows
+        assert added is not None
+        return added
 
-        def insert(connection: sqlite3.Connection) -> None:
-            connection.executemany(
-                "INSERT OR REPLACE INTO quart_deferred_jobs (id, name, arguments, origin, created, "
-                "not_before, attempt, state, owner, lease_until, updated, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-
-        future = self._submit(insert, wait=True)
-        assert future is not None
-        return future
+    def _insert(self, connection: sqlite3.Connection) -> None:
+        with self._lock:
+            rows, self._adding, self._added = self._adding, [], None
+        connection.executemany(
+            "INSERT OR REPLACE INTO quart_deferred_jobs (id, name, arguments, origin, created, "
+            "not_before, attempt, state, owner, lease_until, updated, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
 
     def finished(self, job_id: str) -> None:
-        with self._done_lock:  # The writer thread ("full") swaps the list.
+        with self._lock:
             done = self._done
             done.append(job_id)
         if len(done) == 1:  # The first since the last write: one statement for them all.
             self._submit(self._mark_done, wait=False)
 
     def _mark_done(self, connection: sqlite3.Connection) -> None:
-        with self._done_lock:
+        with self._lock:
             done, self._done = self._done, []
         now = time.time()
         connection.executemany(
@@ -244,6 +253,15 @@ class SQLiteJournal:
             "WHERE owner = ? AND state = 'waiting'"
         )
         future = self._submit(lambda c: c.execute(sql, (owner,)) and None, wait=True)
+        assert future is not None
+        return future
+
+    def expire(self, before: float, limit: int) -> asyncio.Future[int]:
+        sql = (
+            "DELETE FROM quart_deferred_jobs WHERE id IN (SELECT id FROM quart_deferred_jobs "
+            "WHERE state = 'done' AND updated < ? LIMIT ?)"
+        )
+        future = self._submit(lambda c: c.execute(sql, (before, limit)).rowcount, wait=True)
         assert future is not None
         return future
 

@@ -152,6 +152,7 @@ class QuartDeferred:
         log_arguments(config)
         seconds(config, "QUART_DEFERRED_LEASE")
         seconds(config, "QUART_DEFERRED_ENQUEUE_MAX_AGE")
+        optional_seconds(config, "QUART_DEFERRED_JOURNAL_KEEP")
         if config["QUART_DEFERRED_JOURNAL"] is not None:
             # Checked here; opened at the start.
             open_journal(config["QUART_DEFERRED_JOURNAL"], config["QUART_DEFERRED_JOURNAL_SYNC"])

@@ -25,8 +25,9 @@ from quart_deferred import (
     QuartDeferred,
     render_prometheus,
 )
+from quart_deferred._sqlite_journal import SQLiteJournal
 
-from .conftest import wait
+from .conftest import until, wait
 
 seen: list[Any] = []
 gate: dict[str, asyncio.Event] = {}
@@ -371,3 +372,37 @@ async def test_the_cli_lists_retries_and_purges_jobs(tmp_path: Path) -> None:
     bad = runner.invoke(args=["deferred", "purge", "--older-than", "soon"])
     assert bad.exit_code == 2 and "not an age such as 30s" in bad.output
     assert [state for _, state, _ in rows(path)] == ["waiting"]
+
+
+async def test_finished_jobs_older_than_journal_keep_are_removed_in_the_background(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal does not grow for ever: done records past QUART_DEFERRED_JOURNAL_KEEP go,
+    in small transactions after the start; dead, waiting and recent done records stay."""
+    caplog.set_level(logging.INFO, logger="quart_deferred")
+    app, deferred, path = journaled(tmp_path)
+    app.config["QUART_DEFERRED_JOURNAL_KEEP"] = 86400.0
+    deferred.task(remember)
+    SQLiteJournal(f"sqlite:///{path}").connect().close()  # The schema.
+    old, recent = time.time() - 8 * 86400, time.time() - 60
+    with closing(sqlite3.connect(path)) as journal, journal:
+        journal.executemany(
+            "INSERT INTO quart_deferred_jobs (id, name, arguments, origin, created, not_before, "
+            "attempt, state, updated) VALUES (?, 'tests.test_tasks.remember', '[[1], {}]', "
+            "'GET /', ?, ?, 1, ?, ?)",
+            [(f"old-{n}", old, old, "done", old) for n in range(1234)]
+            + [("recent", recent, recent, "done", recent), ("dead", old, old, "dead", old)],
+        )
+    async with app.test_app():
+        await wait(until(lambda: len(rows(path)) == 2))
+    assert sorted(state for _, state, _ in rows(path)) == ["dead", "done"]
+    [line] = [r for r in caplog.records if "finished jobs" in r.getMessage()]
+    assert "removed 1234 finished jobs older than 1.0d" in line.getMessage()
+
+
+def test_journal_keep_must_be_seconds_or_none(tmp_path: Path) -> None:
+    """A bad QUART_DEFERRED_JOURNAL_KEEP is refused at init, naming the key."""
+    app = Quart(__name__)
+    app.config["QUART_DEFERRED_JOURNAL_KEEP"] = "7d"
+    with pytest.raises(InvalidOptionError, match="QUART_DEFERRED_JOURNAL_KEEP"):
+        QuartDeferred(app, journal=f"sqlite:///{tmp_path / 'journal.sqlite3'}")
