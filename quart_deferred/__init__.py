@@ -5,8 +5,9 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``extension``: ``QuartDeferred``: binding to apps, init arguments, hooks, ``join``, ``stats``.
 - ``app_state``: what one app keeps: config, admission (``MAX_PENDING``), keys, its runners.
 - ``callbacks``: ``after_this_request`` and the dispatcher that calls its callbacks.
-- ``post_response``: ``after_this_response``, ``Delivery``, and ``hand_over``, the one
-  place that applies ``when`` and the app-wide hooks once an exchange has ended.
+- ``post_response``: ``after_this_response``, and ``defer``: how a request registers a job.
+- ``_hand_over``: ``Delivery`` and ``hand_over``, the one place that applies ``when`` and
+  the app-wide hooks once an exchange has ended, and hands the work to the runner.
 - ``_asgi``: the middleware: an exchange per request or connection, the drain at shutdown.
 - ``_exchange``: the HTTP and websocket exchanges, which watch the messages and report once.
 - ``_request``: a request's record (the exchange in its scope, or ``g``) and how to find it.
@@ -35,6 +36,7 @@ Where each concept lives (no import cycles among them, not even type-only ones):
   waiting for their work).
 """
 
+from ._hand_over import Delivery
 from .adapters import QueueAdapter
 from .callbacks import after_this_request
 from .exceptions import (
@@ -49,7 +51,7 @@ from .exceptions import (
 )
 from .extension import QuartDeferred
 from .metrics import JournalCounts, Latency, PROMETHEUS_CONTENT_TYPE, render_prometheus, Stats
-from .post_response import after_this_response, Delivery
+from .post_response import after_this_response
 from .queues import enqueue_after_response
 from .tasks import current_job, CurrentJob, Task
 

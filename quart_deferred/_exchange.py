@@ -4,7 +4,7 @@ An :class:`Exchange` watches the messages of one HTTP request. Once the
 server has accepted every byte the client was promised (body bytes reaching
 the content-length, or the final message of a response without one), the
 response is complete, and the exchange reports that to
-post_response.hand_over, which decides what of the request's work runs. If
+_hand_over.hand_over, which decides what of the request's work runs. If
 the exchange ends without a complete response (client gone, crash, response
 timeout), it reports that when the ASGI call ends (:meth:`Exchange.end`).
 A :class:`WebsocketExchange` reports when the connection's ASGI call ends.
@@ -26,10 +26,10 @@ from hypercorn.typing import (
 from quart import Quart
 
 from ._compat import current_source
+from ._hand_over import hand_over
 from ._request import exchange_of
 from .callbacks import log_callbacks_not_run
 from .jobs import Batch, Hook
-from .post_response import hand_over
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -45,7 +45,7 @@ class Exchange:
     """One HTTP request as the ASGI layer sees it.
 
     It watches the messages and, once, reports how the exchange ended to
-    post_response.hand_over. It is also where the request keeps what it
+    _hand_over.hand_over. It is also where the request keeps what it
     registers (see _request.py): its ``after_this_request`` callbacks, and
     the batch of post-response jobs. Every request makes one, so it holds
     only what a request that registers nothing needs.

@@ -57,7 +57,7 @@ async def work_of(response: object, timeout: float | None) -> list[BaseException
             "QuartDeferred. For other clients, use await deferred.join()."
         )
         raise ContextError(msg)
-    # Set by post_response.hand_over for the exchanges of the test client that had work.
+    # Set by _hand_over.hand_over for the exchanges of the test client that had work.
     done: asyncio.Future[list[BaseException]] | None = getattr(exchange, "work_done", None)
     if done is None:  # The request left no post-response work.
         return []
