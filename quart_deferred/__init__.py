@@ -13,7 +13,9 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_request``: a request's record (the exchange in its scope, or ``g``) and how to find it.
 - ``tasks``: ``@deferred.task`` (``Task``), ``current_job()``, argument encoding.
 - ``_durable``: how tasks run: attempts, retries with backoff, records written before the
-  final send, leases, the claim of jobs left by earlier processes, what is kept at shutdown.
+  final send, what is kept at shutdown.
+- ``_lease``: this process's hold on the journal: the claim of jobs no live process holds
+  (at the start and every third of the lease), the lease's renewal, expiry of old records.
 - ``_cli``: ``quart deferred list|retry|purge``, for operators.
 - ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
   SQLite store (schema, operations, WAL); ``_group_commit``: its writes, committed in groups

@@ -5,21 +5,18 @@ With one, a task's record is written before the message that completes its
 response goes to the server (see ``_exchange.Exchange._send_final``), held
 by this process under a lease it renews, marked done or dead as its
 attempts end, and let go of at shutdown if it has not finished, so that
-the next process runs it. At the start, records that no live process holds
-are claimed and run; a process that was killed is found out when its lease
-runs out (or at once, on the same host, when its pid has gone).
+the next process runs it. The claim of records that no live process holds,
+at the start and after it, and the lease itself are in _lease.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from contextvars import Context, copy_context
 import functools
 import itertools
 import logging
-import math
 import os
 import random
 import socket
@@ -29,20 +26,19 @@ import uuid
 
 from quart import Quart
 
-from ._config import log_arguments, optional_seconds, show_arguments
+from ._config import log_arguments, show_arguments
 from ._journal import Journal, Record
+from ._lease import Lease
 from ._sqlite_journal import SQLiteJournal
 from ._stepping import in_context
 from .exceptions import InvalidOptionError
-from .jobs import Batch, Job, log_fields, NO_KWARGS, When
+from .jobs import Batch, Job, log_fields, NO_KWARGS, tally, When
 from .runner import TaskRunner
 from .tasks import CurrentJob, Retrying, run_as, Task, TaskCall
 
 logger = logging.getLogger("quart_deferred")
 
 _ERROR_TEXT = 500  # Characters of an attempt's error kept in the journal.
-EXPIRE_EVERY = 3600.0  # Seconds between two removals of old done records.
-_EXPIRE_BATCH = 500  # Records removed in one transaction: a millisecond or two on the loop.
 
 
 def open_journal(url: object, sync: object = "normal") -> Journal:
@@ -90,8 +86,7 @@ class Runtime:
         # Calls waiting for their next attempt: held in their runner's pending count
         # meanwhile, so that join() and the drain wait for a retry that is due.
         self._retries: dict[str, tuple[asyncio.TimerHandle, TaskCall, TaskRunner]] = {}
-        self._renewing: asyncio.Task[None] | None = None
-        self._unknown: set[str] = set()  # Records of tasks unknown here, logged once each.
+        self._lease: Lease | None = None  # With a journal, once started.
 
     # Scheduling
 
@@ -239,94 +234,32 @@ class Runtime:
             runner.submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
         runner.release()
 
-    # The start, the lease, the end
+    # The start and the end
 
     async def start(self) -> None:
         """Claim the records no live process holds, run them, and keep the lease renewed."""
         if self.journal is None:
             return
-        self.ensure_open()
-        await self._claim()
-        self._renewing = asyncio.get_running_loop().create_task(self._renew())
+        self._lease = Lease(
+            self.ensure_open(), self.owner, self.lease, self.tasks, self._take, self._config_of
+        )
+        await self._lease.start()
 
-    async def _claim(self) -> None:
-        journal = self.ensure_open()
-        now = time.time()
-        ended = [owner for owner in await journal.holders(now) if _ended_here(owner)]
-        records = await journal.claim(self.owner, list(self.tasks), now, now + self.lease, ended)
-        runner = self._runner_of()
-        for record in records:
-            task = self.tasks[record.name]
-            call = TaskCall(task, record.id, record.arguments, record.origin, record.created)
-            call.runtime, call.written, call.attempt = self, True, record.attempt
-            if record.not_before > now:
-                self._retry_in(record.not_before - now, call)
-            else:
-                runner.submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
-        if records:
-            logger.info(
-                "Quart-Deferred took %d jobs from the journal %s: %s.",
-                len(records),
-                journal.url,
-                _tally(record.name for record in records),
-                extra=log_fields(None, None),
-            )
-        unknown = [r for r in await journal.others(list(self.tasks)) if r.id not in self._unknown]
-        if unknown:
-            self._unknown.update(record.id for record in unknown)
-            logger.error(
-                "The journal %s holds %d waiting jobs of tasks this app does not know: %s. "
-                "They are kept, not run: import the modules that define these tasks (with "
-                "@deferred.task) in the app, or deploy the process that does.",
-                journal.url,
-                len(unknown),
-                _tally(record.name for record in unknown),
-                extra=log_fields(None, None),
-            )
-
-    async def _renew(self) -> None:
-        journal = self.ensure_open()
-        expired = -math.inf
-        while True:
-            if time.monotonic() - expired >= EXPIRE_EVERY:
-                expired = time.monotonic()
-                try:
-                    await self._expire(journal)
-                except Exception:
-                    logger.exception("Quart-Deferred could not clean the journal %s.", journal.url)
-            await asyncio.sleep(self.lease / 3)
-            journal.renew(self.owner, time.time() + self.lease)
-            try:
-                await self._claim()  # Take over the jobs of processes that have ended.
-            except Exception:
-                logger.exception("Quart-Deferred could not read the journal %s.", journal.url)
-
-    async def _expire(self, journal: Journal) -> None:
-        """Remove done records older than ``QUART_DEFERRED_JOURNAL_KEEP``, a few at a time."""
-        keep = optional_seconds(self._config_of(), "QUART_DEFERRED_JOURNAL_KEEP")
-        if keep is None:
-            return
-        before, removed = time.time() - keep, 0
-        while True:
-            count = await journal.expire(before, _EXPIRE_BATCH)
-            removed += count
-            if count < _EXPIRE_BATCH:
-                break
-        if removed:
-            logger.info(
-                "Quart-Deferred removed %d finished jobs older than %.1fd from the journal %s "
-                "(QUART_DEFERRED_JOURNAL_KEEP).",
-                removed,
-                keep / 86400,
-                journal.url,
-                extra=log_fields(None, None),
-            )
+    def _take(self, record: Record, now: float) -> None:
+        """Run *record*, claimed from the journal: now, or when its next attempt is due."""
+        task = self.tasks[record.name]
+        call = TaskCall(task, record.id, record.arguments, record.origin, record.created)
+        call.runtime, call.written, call.attempt = self, True, record.attempt
+        if record.not_before > now:
+            self._retry_in(record.not_before - now, call)
+        else:
+            self._runner_of().submit(Batch([Job(call, (), NO_KWARGS, True)], Context(), None))
 
     async def close(self) -> None:
         """Let go of what has not finished, for the next process, and say what was kept."""
-        if self._renewing is not None:
-            self._renewing.cancel()
-            self._renewing = None
+        if self._lease is not None:
+            self._lease.stop()
+            self._lease = None
         retries = [call for _, call, _ in self._retries.values()]
         for handle, _, runner in self._retries.values():
             handle.cancel()
@@ -337,7 +270,7 @@ class Runtime:
                 logger.warning(
                     "Gave up on %d tasks waiting to retry at shutdown (no journal): %s.",
                     len(retries),
-                    _tally(call.name for call in retries),
+                    tally(call.name for call in retries),
                     extra=log_fields(None, None),
                 )
             return
@@ -346,7 +279,7 @@ class Runtime:
                 "Kept %d tasks waiting to retry in the journal %s for the next start: %s.",
                 len(retries),
                 self.journal.url,
-                _tally(call.name for call in retries),
+                tally(call.name for call in retries),
                 extra=log_fields(None, None),
             )
         try:
@@ -367,22 +300,3 @@ def _backoff(task: Task[..., Any], attempt: int) -> float:
     """Exponential, capped, with jitter: between half and all of ``retry_delay * 2**(n-1)``."""
     delay = min(task.retry_delay * 2.0 ** (attempt - 1), task.max_delay)
     return delay * (0.5 + random.random() / 2)  # Jitter, not secrets.
-
-
-def _ended_here(owner: str) -> bool:
-    """Whether *owner* was a process on this host that has ended."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # Alive, another user's.
-        return False
-    return False
-
-
-def _tally(names: Any) -> str:
-    return ", ".join(f"{count} x {name}" for name, count in Counter(names).most_common())

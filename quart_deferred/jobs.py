@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from contextvars import Context
 from dataclasses import dataclass
 import functools
@@ -282,3 +283,8 @@ def _takes_delivery(func: Callable[..., Any]) -> bool:
         "argument, nor with one Delivery. Give it no parameters, or one."
     )
     raise InvalidCallbackError(msg)
+
+
+def tally(names: Iterable[str]) -> str:
+    """``"3 x mail.send, 1 x audit.write"``: how many of each name, most first, for log lines."""
+    return ", ".join(f"{count} x {name}" for name, count in Counter(names).most_common())
