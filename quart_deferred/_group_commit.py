@@ -134,10 +134,10 @@ class GroupWriter:
                 self._flush_later()
                 return
             self._busy_since, self._busy_wait = None, _BUSY_FIRST
-            self._commit(connection, group, begun=error)
+            self._commit(connection, group, begin_error=error)
             return
         self._busy_since, self._busy_wait = None, _BUSY_FIRST
-        self._commit(connection, group, begun=None)
+        self._commit(connection, group)
 
     def _flush_later(self) -> None:
         """Try the queued group again soon, waiting a little longer each time (to 50 ms)."""
@@ -149,6 +149,8 @@ class GroupWriter:
         # With the configured synchronous=NORMAL: the WAL is synced before the copy and
         # the file after it, so that a WAL started over cannot lose what was copied.
         connection = self._connect()
+        # Not long behind another process's lock: the loop's commits wait while this does.
+        connection.execute("PRAGMA busy_timeout=1000")
         wal = connection.execute("PRAGMA database_list").fetchone()[2] + "-wal"
         last = time.monotonic()
         try:
@@ -194,13 +196,14 @@ class GroupWriter:
         self,
         connection: sqlite3.Connection,
         group: list[tuple[Operation, asyncio.Future[Any] | None]],
-        begun: sqlite3.Error | None = None,
+        begin_error: sqlite3.Error | None = None,
     ) -> None:
-        """Run *group* in one transaction (begun already, or failing to begin with *begun*)."""
+        """Run *group* in one transaction (begun already on the loop, or that failed to begin
+        with *begin_error*: then its waiters get the error)."""
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            if begun is not None:
-                raise begun
+            if begin_error is not None:
+                raise begin_error
             if not connection.in_transaction:
                 connection.execute("BEGIN IMMEDIATE")
             for operation, future in group:
