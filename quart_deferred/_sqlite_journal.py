@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Collection
 import logging
 import os
+from pathlib import Path
 import sqlite3
 import threading
 import time
@@ -286,7 +287,8 @@ class SQLiteJournal:
         on the event loop: in WAL mode a reader never waits for a writer)."""
         if not os.path.exists(self.path):
             return []
-        connection = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1.0)
+        uri = f"{Path(os.path.abspath(self.path)).as_uri()}?mode=ro"  # Quoted: '?', '#', '%'.
+        connection = sqlite3.connect(uri, uri=True, timeout=1.0)
         try:
             return connection.execute(sql, values).fetchall()
         except sqlite3.OperationalError as error:

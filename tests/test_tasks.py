@@ -406,3 +406,23 @@ def test_journal_keep_must_be_seconds_or_none(tmp_path: Path) -> None:
     app.config["QUART_DEFERRED_JOURNAL_KEEP"] = "7d"
     with pytest.raises(InvalidOptionError, match="QUART_DEFERRED_JOURNAL_KEEP"):
         QuartDeferred(app, journal=f"sqlite:///{tmp_path / 'journal.sqlite3'}")
+
+
+async def test_a_journal_path_with_uri_characters_is_read_as_it_is(tmp_path: Path) -> None:
+    """stats() reads the journal read-only through a file: URI; '?', '#', '%' and spaces in
+    the path are quoted, not taken for the URI's query or fragment."""
+    folder = tmp_path / "we?ird #dir%20"
+    folder.mkdir()
+    app = Quart(__name__)
+    deferred = QuartDeferred(app, journal=f"sqlite:///{folder / 'jobs 1.sqlite3'}")
+    task = deferred.task(remember)
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(task, "x")
+        return "ok"
+
+    async with app.test_app():
+        await app.test_client().get("/")
+        await deferred.join(timeout=5)
+        assert deferred.stats().journal == JournalCounts(waiting=0, dead=0, done=1)
