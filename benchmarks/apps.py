@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+import os
+import tempfile
 from typing import Any
 
 import quart
@@ -127,6 +129,37 @@ def deferred_after_this_response() -> tuple[Quart, Drain]:
         return "ok"
 
     return app, drain
+
+
+async def task_noop(value: str) -> None:
+    """A task: registered per app with ``@deferred.task`` in the variants below."""
+
+
+def _task_app(name: str, journal: str | None) -> tuple[Quart, Drain]:
+    app = _app(name)
+    extension = QuartDeferred(app, journal=journal)
+    task = extension.task(task_noop)
+
+    @app.get("/")
+    async def index() -> str:
+        after_this_response(task, "1")
+        return "ok"
+
+    async def drain() -> None:
+        await extension.join()
+
+    return app, drain
+
+
+def deferred_task() -> tuple[Quart, Drain]:
+    """One ``@deferred.task`` per request, without a journal: in memory, with its retries."""
+    return _task_app("deferred_task", None)
+
+
+def deferred_durable_task() -> tuple[Quart, Drain]:
+    """One durable task per request: its record written before the final send."""
+    path = os.path.join(tempfile.mkdtemp(prefix="quart-deferred-bench-"), "journal.sqlite3")
+    return _task_app("deferred_durable_task", f"sqlite:///{path}")
 
 
 def deferred_sync_after_this_response() -> tuple[Quart, Drain]:

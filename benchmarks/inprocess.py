@@ -23,6 +23,8 @@ VARIANTS: list[Variant] = [
     ("ours: one after_this_request", apps.deferred_after_this_request),
     ("ours: one after_this_response noop", apps.deferred_after_this_response),
     ("ours: one sync after_this_response", apps.deferred_sync_after_this_response),
+    ("ours: one task (no journal)", apps.deferred_task),
+    ("ours: one durable task (SQLite journal)", apps.deferred_durable_task),
 ]
 # Compared with Starlette itself, not with Quart; left out where Starlette is not installed.
 STARLETTE_VARIANTS: list[Variant] = [
