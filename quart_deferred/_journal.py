@@ -79,8 +79,8 @@ class Journal(Protocol):
         """Take the waiting records of *names* that nobody holds, or whose holder's lease ran out
         (or whose holder is one of *dead*, processes known to have ended)."""
 
-    def others(self, names: Collection[str]) -> Awaitable[list[Record]]:
-        """Return the waiting records whose task is not one of *names* (unknown here)."""
+    def others(self, names: Collection[str]) -> Awaitable[dict[str, int]]:
+        """Count the waiting records of each task that is not one of *names* (unknown here)."""
 
     def holders(self, now: float) -> Awaitable[list[str]]:
         """Return the owners that hold waiting records with a lease not yet run out."""

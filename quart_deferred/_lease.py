@@ -50,7 +50,7 @@ class Lease:
         self._take = take
         self._config_of = config_of
         self._renewing: asyncio.Task[None] | None = None
-        self._unknown: set[str] = set()  # Records of tasks unknown here, logged once each.
+        self._unknown: dict[str, int] = {}  # Waiting records of tasks unknown here, as logged.
 
     async def start(self) -> None:
         """Claim what nobody holds, then keep claiming, renewing and cleaning in the background."""
@@ -73,16 +73,19 @@ class Lease:
                 tally(record.name for record in records),
                 extra=log_fields(None, None),
             )
-        unknown = [r for r in await journal.others(names) if r.id not in self._unknown]
-        if unknown:
-            self._unknown.update(record.id for record in unknown)
+        # Counted, not read: there may be many (a deploy renamed a task), and this is on
+        # the loop. Said again only when there are more than last said.
+        unknown = await journal.others(names)
+        grown = any(count > self._unknown.get(name, 0) for name, count in unknown.items())
+        self._unknown = unknown
+        if grown:
             logger.error(
                 "The journal %s holds %d waiting jobs of tasks this app does not know: %s. "
                 "They are kept, not run: import the modules that define these tasks (with "
                 "@deferred.task) in the app, or deploy the process that does.",
                 journal.url,
-                len(unknown),
-                tally(record.name for record in unknown),
+                sum(unknown.values()),
+                tally(unknown),
                 extra=log_fields(None, None),
             )
 

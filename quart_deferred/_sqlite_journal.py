@@ -222,16 +222,14 @@ class SQLiteJournal:
         assert future is not None
         return future
 
-    def others(self, names: Collection[str]) -> asyncio.Future[list[Record]]:
+    def others(self, names: Collection[str]) -> asyncio.Future[dict[str, int]]:
         names = list(names)
         known = ", ".join("?" * len(names)) or "''"  # NOT IN (NULL) would match nothing.
         sql = (
-            f"SELECT {_COLUMNS} FROM quart_deferred_jobs "
-            f"WHERE state = 'waiting' AND name NOT IN ({known})"
+            "SELECT name, COUNT(*) FROM quart_deferred_jobs "
+            f"WHERE state = 'waiting' AND name NOT IN ({known}) GROUP BY name"
         )
-        future = self._submit(
-            lambda c: [Record(*row) for row in c.execute(sql, names).fetchall()], wait=True
-        )
+        future = self._submit(lambda c: dict(c.execute(sql, names).fetchall()), wait=True)
         assert future is not None
         return future
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context
 from dataclasses import dataclass
 import functools
@@ -285,6 +285,7 @@ def _takes_delivery(func: Callable[..., Any]) -> bool:
     raise InvalidCallbackError(msg)
 
 
-def tally(names: Iterable[str]) -> str:
-    """``"3 x mail.send, 1 x audit.write"``: how many of each name, most first, for log lines."""
+def tally(names: Iterable[str] | Mapping[str, int]) -> str:
+    """``"3 x mail.send, 1 x audit.write"``: how many of each name (or the counts given), most
+    first, for log lines."""
     return ", ".join(f"{count} x {name}" for name, count in Counter(names).most_common())

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import closing
 from pathlib import Path
+import sqlite3
 import sys
 import time
 
+import pytest
 from quart import Quart
 
 from quart_deferred import after_this_response, QuartDeferred
+from quart_deferred._sqlite_journal import SQLiteJournal
 
 seen: list[str] = []
 
@@ -85,3 +89,34 @@ async def test_a_journal_locked_by_another_process_does_not_block_the_event_loop
     assert read_in < 0.5, f"stats() waited {read_in:.3f}s for the lock"
     assert counts is not None and counts.done == 1
     assert seen == ["before", "locked"]
+
+
+async def test_many_waiting_jobs_of_unknown_tasks_do_not_stall_the_loop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50,000 records of a task this app does not know (a deploy renamed it), read at every
+    claim (every third of the lease): the loop keeps turning, and they are named once."""
+    app = Quart(__name__)
+    path = tmp_path / "journal.sqlite3"
+    deferred = QuartDeferred(app, journal=f"sqlite:///{path}", lease=0.3)
+    deferred.task(note)
+    SQLiteJournal(f"sqlite:///{path}").connect().close()  # The schema.
+    old = time.time() - 60
+    with closing(sqlite3.connect(path)) as journal, journal:
+        journal.executemany(
+            "INSERT INTO quart_deferred_jobs (id, name, arguments, origin, created, not_before, "
+            "attempt, state, updated) VALUES (?, 'renamed.task', '[[1], {}]', 'GET /', ?, ?, 0, "
+            "'waiting', ?)",
+            [(f"job-{n}", old, old, old) for n in range(50_000)],
+        )
+    loop = asyncio.get_running_loop()
+    async with app.test_app():  # Startup reads them once, before serving: not measured.
+        lag, started = 0.0, loop.time()
+        last = started
+        while loop.time() - started < 1.0:  # Three claims or more.
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            lag, last = max(lag, now - last - 0.01), now
+    assert lag < 0.1, f"the event loop stalled for {lag:.3f}s"
+    [line] = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert "holds 50000 waiting jobs" in line and "50000 x renamed.task" in line
