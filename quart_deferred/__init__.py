@@ -3,7 +3,8 @@
 Where each concept lives (no import cycles among them, not even type-only ones):
 
 - ``extension``: ``QuartDeferred``: binding to apps, init arguments, hooks, ``join``, ``stats``.
-- ``app_state``: what one app keeps: config, admission (``MAX_PENDING``), keys, its runners.
+- ``app_state``: what one app keeps: config, counters and keys (written by runners only), the
+  runner of each loop, the durable runtime.
 - ``callbacks``: ``after_this_request`` and the dispatcher that calls its callbacks.
 - ``post_response``: ``after_this_response``, and ``defer``: how a request registers a job.
 - ``_hand_over``: ``Delivery`` and ``hand_over``, the one place that applies ``when`` and
@@ -24,7 +25,9 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
 - ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
-- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown.
+- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown; the
+  one owner of what counts or limits jobs, through its ``Admission`` and ``Ledger``.
+- ``_admission``: ``Admission``: ``MAX_PENDING``, de-duplication keys, jobs held by requests.
 - ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
 - ``_stepping``: how the runner steps an async job (timing, its own cancellations), and
   ``in_context`` (a coroutine stepped in a context of its own: a task's attempt).

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
     from ._request import RequestCallbacks
     from .app_state import AppState
-    from .runner import TaskRunner
 
 
 class Exchange:
@@ -61,6 +60,7 @@ class Exchange:
         "hooks",
         "remaining",
         "request_callbacks",
+        "runner",
         "source",
         "start",
         "work_done",  # Only with track_work; read with getattr().
@@ -77,6 +77,9 @@ class Exchange:
         hooks: tuple[Hook, ...],
     ) -> None:
         self.app_state = app_state
+        # The runner of the loop serving the exchange: its work goes there, and
+        # registrations are admitted by it (from a plain view's thread too).
+        self.runner = app_state.runner()
         self._send = send
         self._receive = receive
         self.disconnected = False  # The server has reported http.disconnect.
@@ -141,7 +144,7 @@ class Exchange:
         return message
 
     async def _send_final(self, message: ASGISendEvent) -> None:
-        runner = self.app_state.runner()
+        runner = self.runner
         runner.hold()
         try:
             batch = self.batch
@@ -150,16 +153,16 @@ class Exchange:
                 await batch.calls[0].runtime.promise(batch.calls)
             await self._send(message)
         except BaseException:
-            self.finish(complete=False, runner=runner)
+            self.finish(complete=False)
             raise
         else:
             # A send after the server reported the client gone completes nothing,
             # whatever the server did with it (hypercorn drops it without a word).
-            self.finish(complete=not self.disconnected, runner=runner)
+            self.finish(complete=not self.disconnected)
         finally:
             runner.release()
 
-    def finish(self, *, complete: bool, runner: TaskRunner | None = None) -> None:
+    def finish(self, *, complete: bool) -> None:
         """End the exchange: hand its post-response jobs to the runner, once.
 
         *complete* says whether the client got the whole response.
@@ -171,7 +174,7 @@ class Exchange:
             if self.request_callbacks:
                 log_callbacks_not_run(self)
             if self.batch is not None or self.hooks:
-                self._submit(complete, runner or self.app_state.runner())
+                self._submit(complete)
         finally:
             # The request refers to its exchange through its scope: let go of it,
             # so that reference counting, not the garbage collector, frees both.
@@ -195,11 +198,10 @@ class Exchange:
         self._send = _gone
         self._receive = _disconnected
 
-    def _submit(self, complete: bool, runner: TaskRunner) -> None:
+    def _submit(self, complete: bool) -> None:
         batch, self.batch = self.batch, None  # Break the cycle through its context.
         done = hand_over(
-            self.app_state,
-            runner,
+            self.runner,
             batch,
             self.source,
             self.hooks,
@@ -247,7 +249,7 @@ class WebsocketExchange(Exchange):
         self, app_state: AppState, send: ASGISendCallable, receive: ASGIReceiveCallable
     ) -> None:
         super().__init__(app_state, send, receive, ())
-        self._held: TaskRunner | None = None
+        self._held = False  # Counted in its runner's pending: see _hold().
         self.failed = False  # The handler raised: see websocket_failed().
 
     async def send_websocket(self, message: ASGISendEvent) -> None:
@@ -271,9 +273,9 @@ class WebsocketExchange(Exchange):
 
     def _hold(self) -> None:
         """Make ``join()`` wait for this connection's work from the moment its end is in sight."""
-        if self._held is None and self.batch is not None:
-            runner = self._held = self.app_state.runner()
-            runner.hold()
+        if not self._held and self.batch is not None:
+            self._held = True
+            self.runner.hold()
 
     def close(self, *, complete: bool) -> None:
         """The connection's ASGI call has ended: hand its work over, and let go of the server."""
@@ -281,13 +283,13 @@ class WebsocketExchange(Exchange):
         self._send = _gone  # As for HTTP: see Exchange.end().
         self._receive = _nothing_more
 
-    def finish(self, *, complete: bool, runner: TaskRunner | None = None) -> None:
+    def finish(self, *, complete: bool) -> None:
         try:
-            super().finish(complete=complete, runner=self._held)
+            super().finish(complete=complete)
         finally:
-            if self._held is not None:
-                self._held.release()
-                self._held = None
+            if self._held:
+                self._held = False
+                self.runner.release()
 
 
 async def capture_context() -> None:

@@ -24,7 +24,7 @@ from .tasks import TaskCall
 if TYPE_CHECKING:
     from quart.wrappers import BaseRequestWebsocket
 
-    from .app_state import AppState
+    from ._admission import Admission
     from .runner import TaskRunner
 
 logger = logging.getLogger("quart_deferred")
@@ -71,7 +71,6 @@ def _matches(when: When, successful: bool) -> bool:
 
 
 def hand_over(
-    app_state: AppState,
     runner: TaskRunner,
     batch: Batch | None,
     source: BaseRequestWebsocket | None,
@@ -99,12 +98,13 @@ def hand_over(
         batch = Batch(jobs, Context(), source, fresh_app_context=True)
     else:
         jobs = batch.jobs
-        app_state.handed_over(len(jobs))  # Now waiting, or skipped below.
+        admission = runner.admission
+        admission.handed_over(len(jobs))  # Now waiting, or skipped below.
     batch.status = status  # For tracing, and for the line that logs a skipped job.
     for job in jobs:
         if job.when != "always":  # Only then is there anything to filter out.
             jobs = batch.jobs = [
-                job for job in jobs if _runs(app_state, job, complete, successful, batch)
+                job for job in jobs if _runs(admission, job, complete, successful, batch)
             ]
             break
     if batch.calls is not None:
@@ -132,11 +132,11 @@ def _journal(calls: list[TaskCall], jobs: list[Job]) -> None:
     runtime.write_later([call for call in calls if id(call) in running])
 
 
-def _runs(app_state: AppState, job: Job, complete: bool, successful: bool, batch: Batch) -> bool:
+def _runs(admission: Admission, job: Job, complete: bool, successful: bool, batch: Batch) -> bool:
     """Whether *job* runs for how the exchange ended; a job that does not is skipped."""
     if _matches(job.when, successful):
         return True
-    app_state.skip(job)
+    admission.skip(job)
     name = job.name
     logger.debug(
         "Skipped %s for %s: when=%r and the exchange ended with status %s (%s).",

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .app_state import AppState
     from .jobs import Batch
+    from .runner import TaskRunner
 
 G_KEY = "_quart_deferred"
 SCOPE_KEY = "quart_deferred.exchange"
@@ -50,7 +51,8 @@ class RequestRecord(Protocol):
 class WorkRecord(RequestRecord, Protocol):
     """What post-response registrations need of an exchange (_exchange.Exchange is one)."""
 
-    app_state: AppState  # The app's counters, keys and runner.
+    app_state: AppState  # The app's durable runtime.
+    runner: TaskRunner  # Admits the request's work, and runs it.
     batch: Batch | None  # The request's post-response jobs and context, from its first job.
 
 

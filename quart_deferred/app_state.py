@@ -1,10 +1,12 @@
-"""What QuartDeferred keeps per app: counters, keys, admission, and the runner of each loop.
+"""What QuartDeferred keeps per app: config, counters, keys, and the runner of each loop.
 
 The counters and de-duplication keys are the app's, not one runner's: they
 outlive the event loop that ran the work (a test per loop, the app served
-again on a new loop). A runner whose loop has ended is found out when the
-app next needs one, and its unfinished work is logged by name as lost, so
-that its counts, its keys and ``QUART_DEFERRED_MAX_PENDING`` start clean.
+again on a new loop). This module only creates them: the runner of the
+running loop is their one writer (its ``Admission`` and its ``Ledger``).
+A runner whose loop has ended is found out when the app next needs one, and
+its unfinished work is logged by name as lost, so that its counts, its keys
+and ``QUART_DEFERRED_MAX_PENDING`` start clean.
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from typing import Any, Protocol
 
 from quart import Quart
 
-from ._compat import current_source, from_test_client
+from ._compat import from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from ._durable import open_journal, Runtime
-from .exceptions import OverloadedError
-from .jobs import callable_name, describe, Hook, Job, log_fields
+from .jobs import Hook, log_fields
 from .metrics import Counters, Keys
 from .runner import TaskRunner
 from .tasks import Task
@@ -46,11 +47,6 @@ class AppState:
         self.app = app
         self.counters = Counters()
         self.keys = Keys()
-        # Whether registrations must call admit(): until the limit has been read,
-        # and then only while there is one. Checked on every registration.
-        self.admitting = True
-        self.max_pending: int | None = None
-        self._crowded = False  # Jobs not yet started are past 80% of max_pending.
         # Whether the server sent lifespan.startup, or we said once that it did not.
         self.lifespan_known = False
         self._runner: TaskRunner | None = None
@@ -101,9 +97,9 @@ class AppState:
             self.keys,
             max_concurrency=whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY"),
             task_timeout=optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT"),
+            max_pending=optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING"),
             threads=whole_number(config, "QUART_DEFERRED_THREADS"),
         )
-        self._read_limit()
         return self._runner
 
     def reap(self) -> None:
@@ -113,82 +109,6 @@ class AppState:
             return
         if old.loop.is_closed() or not old.loop.is_running():
             old.lose_everything("its event loop ended")
-
-    def _read_limit(self) -> None:
-        self.max_pending = optional_whole_number(self.config, "QUART_DEFERRED_MAX_PENDING")
-        self.admitting = self.max_pending is not None
-
-    # Registrations: the only writers of `held` and of the keys outside the runner.
-
-    def accept(self, func: object, caller: str, key: str | None) -> bool:
-        """Count new work against ``max_pending`` and take its key, or refuse it.
-
-        Returns ``False``, taking nothing, if work with *key* is already waiting
-        or running; raises ``OverloadedError`` at the limit. On every
-        registration's path.
-        """
-        if self.admitting:
-            self.admit(func, caller)
-        if key is not None and not self.claim_key(key):
-            return False
-        self.counters.held += 1  # Counted against MAX_PENDING until the exchange ends.
-        return True
-
-    def claim_key(self, key: str) -> bool:
-        """Take *key*, unless work with it is already waiting or running in this process."""
-        if self.keys.claim(key):
-            return True
-        self.reap()  # A loop that ended may have left the key behind.
-        return self.keys.claim(key)
-
-    def handed_over(self, registered: int) -> None:
-        """An exchange has ended: its *registered* jobs are no longer held by it."""
-        self.counters.held -= registered
-
-    def skip(self, job: Job) -> None:
-        """Count *job* as skipped (its ``when`` did not match), and free its key."""
-        self.counters.skipped += 1
-        if job.key is not None:
-            self.keys.release(job.key)
-
-    def admit(self, func: object, caller: str) -> None:
-        """Refuse new work with ``OverloadedError`` once ``max_pending`` jobs have not started.
-
-        Those are the jobs of requests still in flight (registered, their
-        response not yet over) and the jobs waiting for a slot. Callable
-        from a plain view's thread too.
-        """
-        if self._runner is None:
-            self._read_limit()  # No runner has read it yet.
-        limit = self.max_pending
-        if limit is None:
-            return
-        counters = self.counters
-        queued = counters.held + counters.waiting
-        if queued >= limit:
-            self.reap()
-            queued = counters.held + counters.waiting
-        if queued >= limit:
-            msg = (
-                f"{caller}() refused {callable_name(func)}: {queued} jobs are "
-                f"already waiting to run (QUART_DEFERRED_MAX_PENDING={limit}). Answer 503 "
-                "Service Unavailable and let the client retry, or raise the limit."
-            )
-            raise OverloadedError(msg)
-        crowded = queued + 1 >= 0.8 * limit
-        if crowded and not self._crowded:
-            source = current_source()
-            name = callable_name(func)
-            logger.warning(
-                "%d jobs are waiting to run, 80%% of QUART_DEFERRED_MAX_PENDING=%d; at the "
-                "limit, new work is refused with OverloadedError (the last: %s for %s).",
-                queued + 1,
-                limit,
-                name,
-                describe(source),
-                extra=log_fields(name, source),
-            )
-        self._crowded = crowded
 
     def without_lifespan(self, scope: Mapping[str, Any]) -> None:
         """Say once that the app is served without the ASGI lifespan, and what that costs."""

@@ -305,14 +305,15 @@ class QuartDeferred:
         state = self._state(None)
         app_ctx = app_context()
         fresh = app_ctx is None or app_ctx.app is not state.app
-        if task is not None:  # Not promised to a client: written without waiting.
+        runner = state.runner()
+        if task is not None:
             durable = state.durable()
             job = durable.job_for(task, args, kwargs, "always", None, "start_soon", "start_soon")
-            if durable.journal is not None:
-                durable.write_later([job.func])  # type: ignore[list-item]  # A TaskCall.
-        if state.admitting:
-            state.admit(func, "start_soon")
-        state.runner().submit(Batch([job], copy_context(), current_source(), fresh))
+        runner.admission.admit(func, "start_soon")  # Refused work is not written either.
+        if task is not None and durable.journal is not None:
+            # Not promised to a client: written without waiting.
+            durable.write_later([job.func])  # type: ignore[list-item]  # A TaskCall.
+        runner.submit(Batch([job], copy_context(), current_source(), fresh))
 
     # Introspection
 

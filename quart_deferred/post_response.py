@@ -229,7 +229,7 @@ def defer(
     if task is not None:  # Its arguments are encoded now: an error here, not a lost job later.
         job = app_state.durable().job_for(task, args, kwargs, when, key, caller, describe(source))
     assert job is not None
-    if not app_state.accept(func, caller, key):
+    if not exchange.runner.admission.accept(func, caller, key):
         return False
     batch = exchange.batch
     if batch is None:  # The request's first job: capture its context now.

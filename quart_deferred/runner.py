@@ -36,6 +36,7 @@ from typing import Any
 import anyio
 from quart import Quart
 
+from ._admission import Admission
 from ._outcomes import Ledger
 from ._stepping import (
     Carried,
@@ -70,6 +71,7 @@ class TaskRunner:
         *,
         max_concurrency: int,
         task_timeout: float | None,
+        max_pending: int | None = None,
         threads: int = 8,
     ) -> None:
         self.app = app
@@ -90,6 +92,8 @@ class TaskRunner:
         self._tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._ledger = Ledger(app, counters, keys, task_timeout)
+        # What the runner lets in; with its ledger, the only writer of counters and keys.
+        self.admission = Admission(counters, keys, max_pending)
 
     def submit(self, batch: Batch) -> None:
         """Accept *batch* and see that it runs, now or when a slot frees; never drop it."""

@@ -59,6 +59,38 @@ def test_quarts_private_names_are_read_in_compat_only() -> None:
     assert not readers
 
 
+# The runner and what it owns: its Admission, its Ledger, its threads (a plain job frees its key).
+COUNTING = {"runner", "_admission", "_outcomes", "threads"}
+
+
+def _names_counters_or_keys(node: ast.expr) -> bool:
+    name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+    return name.lstrip("_") in ("counters", "keys")
+
+
+def test_only_the_runner_writes_counters_and_keys() -> None:
+    """Counters and de-duplication keys have one writer: the runner, its admission and ledger."""
+    writers = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[ast.expr] = []
+            if isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            elif isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr in ("claim", "release"):  # keys.claim(key)
+                    targets = [node.func]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr":
+                targets = [ast.Attribute(node.args[0], "?")]  # setattr(counters, ...)
+            if any(
+                isinstance(target, ast.Attribute) and _names_counters_or_keys(target.value)
+                for target in targets
+            ):
+                writers.add(path.stem)
+    assert writers - {"metrics"} == COUNTING
+
+
 def test_every_module_is_in_the_module_map() -> None:
     """The map at the top of the package's docstring names every module."""
     doc = quart_deferred.__doc__ or ""

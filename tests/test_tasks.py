@@ -22,6 +22,7 @@ from quart_deferred import (
     InvalidCallbackError,
     InvalidOptionError,
     JournalCounts,
+    OverloadedError,
     QuartDeferred,
     render_prometheus,
 )
@@ -335,6 +336,24 @@ async def test_a_task_started_with_start_soon_is_journaled(tmp_path: Path) -> No
         await deferred.join(timeout=5)
     assert [value for value, *_ in seen] == ["soon"]
     assert rows(path) == [("tests.test_tasks.remember", "done", 0)]
+
+
+async def test_a_task_refused_by_start_soon_is_not_written(tmp_path: Path) -> None:
+    """A start_soon refused with OverloadedError leaves no record behind to run later."""
+    app, deferred, path = journaled(tmp_path, max_concurrency=1, max_pending=1)
+    task = deferred.task(remember)
+    release = asyncio.Event()
+    async with app.test_app():
+        async with app.app_context():
+            deferred.start_soon(release.wait)
+            await wait(until(lambda: deferred.stats().running == 1))
+            deferred.start_soon(release.wait)  # Waiting: the limit is reached.
+            with pytest.raises(OverloadedError, match="start_soon"):
+                deferred.start_soon(task, "refused")
+        release.set()
+        await deferred.join(timeout=5)
+    assert seen == []
+    assert rows(path) == []
 
 
 async def test_the_cli_lists_retries_and_purges_jobs(tmp_path: Path) -> None:
