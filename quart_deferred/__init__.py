@@ -37,8 +37,8 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``tracing``: OpenTelemetry spans per job.
 - ``exceptions``, ``_config`` (config values checked on every read), ``_compat`` (Quart
   versions, and the only use of Quart's private names).
-- ``pytest_plugin`` (strict mode) and ``_test_client`` (``wait_for``: marking test responses,
-  waiting for their work).
+- ``pytest_plugin`` (strict mode) and ``_test_client`` (all of ``wait_for``'s bookkeeping: the
+  test client's exchange, which marks its response, and the waiter its work settles).
 """
 
 from ._hand_over import Delivery

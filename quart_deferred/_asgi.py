@@ -25,9 +25,9 @@ from hypercorn.typing import (
 from quart import Quart
 
 from ._compat import from_test_client
-from ._exchange import Exchange, TestClientExchange, WebsocketExchange
+from ._exchange import Exchange, WebsocketExchange
 from ._request import SCOPE_KEY
-from ._test_client import mark_response
+from ._test_client import TestClientExchange
 
 if TYPE_CHECKING:
     from .app_state import AppState
@@ -60,7 +60,6 @@ class PostResponseMiddleware:
             exchange: Exchange
             if from_test_client(writable):
                 exchange = TestClientExchange(self.state, send, receive, self.state.extension.hooks)
-                mark_response(send, exchange)
             else:
                 exchange = Exchange(self.state, send, receive, self.state.extension.hooks)
             writable[SCOPE_KEY] = exchange

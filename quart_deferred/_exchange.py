@@ -29,7 +29,7 @@ from ._compat import current_source
 from ._hand_over import hand_over
 from ._request import exchange_of
 from .callbacks import log_callbacks_not_run
-from .jobs import Batch, Hook
+from .jobs import Batch, Hook, Waiter
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -63,11 +63,9 @@ class Exchange:
         "runner",
         "source",
         "start",
-        "work_done",  # Only with track_work; read with getattr().
     )
-    # Keep a future that settles when the exchange's work has ended, for
-    # ``deferred.wait_for(response)``: true for TestClientExchange only.
-    track_work = False
+    # What waits for the work handed over (_test_client.TestClientExchange has one).
+    waiter: Waiter | None = None
 
     def __init__(
         self,
@@ -200,24 +198,7 @@ class Exchange:
 
     def _submit(self, complete: bool) -> None:
         batch, self.batch = self.batch, None  # Break the cycle through its context.
-        done = hand_over(
-            self.runner,
-            batch,
-            self.source,
-            self.hooks,
-            complete,
-            self.start,
-            track=self.track_work,
-        )
-        if done is not None:
-            self.work_done = done
-
-
-class TestClientExchange(Exchange):
-    """An exchange with Quart's test client: ``deferred.wait_for(response)`` can wait for it."""
-
-    __slots__ = ()
-    track_work = True
+        hand_over(self.runner, batch, self.source, self.hooks, complete, self.start, self.waiter)
 
 
 def _content_length(start: dict[str, Any]) -> int | None:

@@ -10,7 +10,6 @@ records of tasks that will not run, and hands what runs to the runner.
 
 from __future__ import annotations
 
-import asyncio
 from contextvars import Context
 from dataclasses import dataclass
 import logging
@@ -18,7 +17,7 @@ from typing import Any, TYPE_CHECKING
 
 from werkzeug.datastructures import Headers
 
-from .jobs import Batch, describe, Hook, Job, log_fields, When
+from .jobs import Batch, describe, Hook, Job, log_fields, Waiter, When
 from .tasks import TaskCall
 
 if TYPE_CHECKING:
@@ -77,18 +76,16 @@ def hand_over(
     hooks: tuple[Hook, ...],
     complete: bool,
     start: dict[str, Any] | None,
-    *,
-    track: bool = False,
-) -> asyncio.Future[list[BaseException]] | None:
+    waiter: Waiter | None = None,
+) -> None:
     """Hand an ended exchange's work to *runner*, as its ``when`` and the app's hooks decide.
 
     The ASGI layer calls this once per exchange that has work or hooks, with
     what it saw: whether the response was *complete*, and its *start*
     message (status and headers), if one went out. This is the one place
     that applies ``when``, adds the app-wide hooks with their
-    :class:`Delivery`, and counts and logs skipped work. With *track* (the
-    test client), it returns a future that settles when the work has ended,
-    for ``deferred.wait_for(response)``.
+    :class:`Delivery`, and counts and logs skipped work. A *waiter* (see
+    _test_client.py) is settled when the work has ended, or now if none runs.
     """
     status: int | None = None if start is None else start["status"]
     successful = _successful(complete, status)
@@ -115,13 +112,11 @@ def hand_over(
         delivery = Delivery(status, complete, headers)
         jobs.extend(hook.job_for(delivery) for hook in hooks if _matches(hook.when, successful))
     if not jobs:
-        return None
-    done = None
-    if track:
-        done = batch.done = runner.loop.create_future()
-        batch.errors = []
+        if waiter is not None:
+            waiter.settle()
+        return
+    batch.waiter = waiter
     runner.submit(batch)
-    return done
 
 
 def _journal(calls: list[TaskCall], jobs: list[Job]) -> None:

@@ -52,8 +52,8 @@ class Ledger:
         *,
         cancelled: bool,
     ) -> None:
-        if batch.errors is not None:
-            batch.errors.append(
+        if batch.waiter is not None:
+            batch.waiter.add(
                 TimeoutError(f"{job.name} for {batch.origin} timed out after {self.task_timeout}s")
             )
         if thread_call is not None:
@@ -87,8 +87,8 @@ class Ledger:
         else:
             self.finish("timed_out")
             why = f"after its {self.task_timeout}s timeout"
-            if batch.errors is not None:
-                batch.errors.append(TimeoutError(f"{job.name} ignored its cancellation"))
+            if batch.waiter is not None:
+                batch.waiter.add(TimeoutError(f"{job.name} ignored its cancellation"))
         _log(
             logging.ERROR,
             "%s for %s ignored its cancellation %s and was let go of: it will never be "
@@ -127,8 +127,8 @@ class Ledger:
                 self.finish("succeeded")
             else:
                 self.finish("failed")
-                if batch.errors is not None:
-                    batch.errors.append(thread_call.error)
+                if batch.waiter is not None:
+                    batch.waiter.add(thread_call.error)
                 _log(logging.ERROR, "%s for %s failed.", job, batch, exc=thread_call.error)
         elif state == ThreadCall.NEVER_STARTED:
             if job.key is not None:
@@ -162,8 +162,8 @@ class Ledger:
     async def failed(self, error: BaseException, job: Job, batch: Batch) -> None:
         self.finish("failed")
         if isinstance(error, Retrying):  # Said once already, as a WARNING: see Retrying.
-            if batch.errors is not None:
-                batch.errors.append(error.__cause__ or error)
+            if batch.waiter is not None:
+                batch.waiter.add(error.__cause__ or error)
             return
         try:
             await self._report(error, job, batch)
@@ -183,8 +183,8 @@ class Ledger:
         """
         if hasattr(error, "add_note"):  # Python 3.11+: name the job in the traceback.
             error.add_note(f"in deferred work {job.name} for {batch.origin}")
-        if batch.errors is not None:
-            batch.errors.append(error)
+        if batch.waiter is not None:
+            batch.waiter.add(error)
         app = self.app
         if type(app).handle_background_exception is not Quart.handle_background_exception:
             await handle_background_exception(app, error)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import Context
@@ -11,7 +10,7 @@ import functools
 import inspect
 from inspect import CO_ASYNC_GENERATOR, CO_COROUTINE, CO_GENERATOR
 from types import FunctionType
-from typing import Any, get_args, Literal, TYPE_CHECKING
+from typing import Any, get_args, Literal, Protocol, TYPE_CHECKING
 
 from .exceptions import InvalidCallbackError, InvalidOptionError
 
@@ -71,6 +70,18 @@ class Job:
         return callable_name(self.func)
 
 
+class Waiter(Protocol):
+    """Someone waiting for a batch to end, and for its jobs' errors: ``deferred.wait_for()``.
+
+    The runner's ledger adds each failure (timeouts as ``TimeoutError``) and the
+    runner settles it once every job has ended, whichever way; see _test_client.py.
+    """
+
+    def add(self, error: BaseException) -> None: ...
+
+    def settle(self) -> None: ...
+
+
 class Batch:
     """The jobs of one request (or one ``start_soon`` call), run one after another.
 
@@ -85,8 +96,6 @@ class Batch:
     __slots__ = (
         "calls",
         "context",
-        "done",
-        "errors",
         "fresh_app_context",
         "handed_at",
         "jobs",
@@ -94,6 +103,7 @@ class Batch:
         "source",
         "started",
         "status",
+        "waiter",
         "watch",
     )
 
@@ -114,10 +124,7 @@ class Batch:
         self.handed_at = 0.0  # time.perf_counter() when the runner took it.
         self.status: int | None = None  # The response's status (tracing, logs); None if none.
         self.watch: Watch | None = None  # The running job's, while one runs.
-        # Only for an exchange of Quart's test client (TestClientExchange): settled
-        # with the batch's failures once every job has ended, for wait_for().
-        self.done: asyncio.Future[list[BaseException]] | None = None
-        self.errors: list[BaseException] | None = None
+        self.waiter: Waiter | None = None  # Only for wait_for(): see _test_client.py.
 
     @property
     def origin(self) -> str:

@@ -125,8 +125,8 @@ class TaskRunner:
         self._tasks.pop(batch, None)
         if batch.next < len(batch.jobs):
             self._ledger.cancel_unstarted(batch, "the runner was shutting down")
-        if batch.done is not None:
-            _settle(batch)
+        if batch.waiter is not None:
+            batch.waiter.settle()
         waiting = self._waiting
         while waiting and len(self._tasks) < self.max_concurrency and not self.closed:
             self._start(waiting.popleft())
@@ -423,5 +423,6 @@ def _uncancel(task: asyncio.Task[None] | None, times: int) -> None:
 
 
 def _settle(batch: Batch) -> None:
-    if batch.done is not None and not batch.done.done():
-        batch.done.set_result(batch.errors or [])
+    """Tell whoever waits for *batch* (``deferred.wait_for()``) that it has ended."""
+    if batch.waiter is not None:
+        batch.waiter.settle()
