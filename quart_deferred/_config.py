@@ -7,9 +7,10 @@ when the call that uses it reads it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 import math
 from typing import Any
+import warnings
 
 from .exceptions import InvalidOptionError
 
@@ -30,6 +31,34 @@ DEFAULTS: dict[str, Any] = {
 }
 
 ArgumentRedactor = Callable[[tuple[Any, ...], dict[str, Any]], str]
+
+
+def configure(config: MutableMapping[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Fill in the defaults, put the init arguments on top, and check every value now."""
+    for key, value in DEFAULTS.items():
+        config.setdefault(key, value)
+    config.update(overrides)
+    whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY")
+    optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING")
+    whole_number(config, "QUART_DEFERRED_THREADS")
+    whole_number(config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
+    seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT")
+    log_arguments(config)
+    seconds(config, "QUART_DEFERRED_LEASE")
+    seconds(config, "QUART_DEFERRED_ENQUEUE_MAX_AGE")
+    optional_seconds(config, "QUART_DEFERRED_JOURNAL_KEEP")
+    if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
+        warnings.warn(
+            "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
+            "Use None for no limit.",
+            stacklevel=3,
+        )
+    if seconds(config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT") == 0:
+        warnings.warn(
+            "QUART_DEFERRED_SHUTDOWN_TIMEOUT is 0, so deferred work still unfinished "
+            "at shutdown is cancelled at once, without time to drain.",
+            stacklevel=3,
+        )
 
 
 def whole_number(config: Mapping[str, Any], key: str, minimum: int = 1) -> int:

@@ -8,7 +8,6 @@ from dataclasses import replace
 import logging
 import math
 from typing import Any, overload, ParamSpec, TypeVar
-import warnings
 import weakref
 
 import anyio
@@ -18,14 +17,7 @@ from quart.signals import got_websocket_exception
 from ._asgi import PostResponseMiddleware
 from ._cli import cli
 from ._compat import app_context, current_source
-from ._config import (
-    DEFAULTS,
-    log_arguments,
-    optional_seconds,
-    optional_whole_number,
-    seconds,
-    whole_number,
-)
+from ._config import configure
 from ._durable import open_journal
 from ._exchange import capture_context, websocket_failed
 from ._outbox import OUTBOX
@@ -140,35 +132,10 @@ class QuartDeferred:
                 "QuartDeferred(app) or deferred.init_app(app) once per app."
             )
             raise ContextError(msg)
-        for key, value in DEFAULTS.items():
-            app.config.setdefault(key, value)
-        app.config.update(self.overrides)
-        config = app.config
-        whole_number(config, "QUART_DEFERRED_MAX_CONCURRENCY")
-        optional_whole_number(config, "QUART_DEFERRED_MAX_PENDING")
-        whole_number(config, "QUART_DEFERRED_THREADS")
-        whole_number(config, "QUART_DEFERRED_ENQUEUE_RETRIES", minimum=0)
-        seconds(config, "QUART_DEFERRED_ENQUEUE_TIMEOUT")
-        log_arguments(config)
-        seconds(config, "QUART_DEFERRED_LEASE")
-        seconds(config, "QUART_DEFERRED_ENQUEUE_MAX_AGE")
-        optional_seconds(config, "QUART_DEFERRED_JOURNAL_KEEP")
-        if config["QUART_DEFERRED_JOURNAL"] is not None:
-            # Checked here; opened at the start.
-            open_journal(config["QUART_DEFERRED_JOURNAL"], config["QUART_DEFERRED_JOURNAL_SYNC"])
-        if optional_seconds(config, "QUART_DEFERRED_TASK_TIMEOUT") == 0:
-            warnings.warn(
-                "QUART_DEFERRED_TASK_TIMEOUT is 0, so every deferred job times out at once. "
-                "Use None for no limit.",
-                stacklevel=2,
-            )
-        if seconds(config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT") == 0:
-            warnings.warn(
-                "QUART_DEFERRED_SHUTDOWN_TIMEOUT is 0, so deferred work still unfinished "
-                "at shutdown is cancelled at once, without time to drain.",
-                stacklevel=2,
-            )
-
+        configure(app.config, self.overrides)
+        journal = app.config["QUART_DEFERRED_JOURNAL"]
+        if journal is not None:  # Checked here; opened at the start.
+            open_journal(journal, app.config["QUART_DEFERRED_JOURNAL_SYNC"])
         state = AppState(self, app)
         app.extensions["quart_deferred"] = state
         app.asgi_app = PostResponseMiddleware(app.asgi_app, state)  # type: ignore[method-assign]
