@@ -25,14 +25,17 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
 - ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
-- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch, the drain at shutdown; the
-  one owner of what counts or limits jobs, through its ``Admission`` and ``Ledger``.
+- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch; the one owner of what
+  counts or limits jobs, through its ``Admission`` and ``Ledger``.
 - ``_admission``: ``Admission``: ``MAX_PENDING``, de-duplication keys, jobs held by requests.
+- ``_drain``: the end of a runner's work: the drain at shutdown, or the loss of what a loop
+  that ended left behind, each job accounted for by name.
 - ``_outcomes``: the runner's ``Ledger``: how each job ended, counted and logged once.
-- ``_stepping``: how the runner steps an async job (timing, its own cancellations), and
+- ``_stepping``: how the runner steps an async job (timing, its own cancellations, the
+  timeout's cancel and let-go), and
   ``in_context`` (a coroutine stepped in a context of its own: a task's attempt).
 - ``threads``: the runner's threads for plain ``def`` jobs.
-- ``metrics``: ``Counters``, ``Keys`` (claimed and released here only), ``Stats``, latencies
+- ``metrics``: ``Counters``, ``Keys`` (written by the runner only), ``Stats``, latencies
   and the Prometheus page.
 - ``tracing``: OpenTelemetry spans per job.
 - ``exceptions``, ``_config`` (config values checked on every read), ``_compat`` (Quart

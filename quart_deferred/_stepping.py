@@ -27,13 +27,14 @@ cannot:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Mapping
 from contextvars import Context
 import gc
 import time
 import types
 from typing import Any
 
+CANCEL_GRACE = 1.0  # Seconds a job cancelled at its timeout has to end before it is let go of.
 SLOW_STEP = 0.25  # Seconds; above asyncio's 0.1, as a loaded machine pauses a process too.
 
 # Seconds spent in garbage collections so far, and when the current one began: a
@@ -84,6 +85,33 @@ class Watch:
         self.issued = 0  # Cancellations the runner itself sent (its timeout), to take back.
         self.timer: asyncio.TimerHandle | None = None  # The runner's next timeout step.
         self.slowest = 0.0  # The longest step, in seconds.
+
+    # The runner's timeout, step by step: cancel the job's task, let go of it if it
+    # will not end, and take the cancellations back once the job has ended.
+
+    def expire(self, tasks: Mapping[Any, asyncio.Task[None]], batch: object) -> None:
+        """The job's timeout ran out: cancel the task running *batch*, if it still runs."""
+        task = tasks.get(batch)
+        if task is None:
+            return
+        self.expired = True
+        self.issued += 1
+        task.cancel()
+        self.timer = task.get_loop().call_later(CANCEL_GRACE, self.let_go, task)
+
+    def let_go(self, task: asyncio.Task[None]) -> None:
+        """The job ignored its cancellation for ``CANCEL_GRACE``: cancel it for good."""
+        self.abandoned = True
+        self.issued += 1
+        self.timer = None
+        task.cancel()
+
+    def take_back(self, task: asyncio.Task[None] | None) -> None:
+        """Take back the cancellations the timeout sent to *task* (Python 3.11+)."""
+        uncancel: Any = getattr(task, "uncancel", None)
+        if uncancel is not None:
+            for _ in range(self.issued):
+                uncancel()
 
 
 @types.coroutine

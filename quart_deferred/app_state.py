@@ -21,6 +21,7 @@ from quart import Quart
 
 from ._compat import from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
+from ._drain import lose_everything, shutdown
 from ._durable import open_journal, Runtime
 from .jobs import Hook, log_fields
 from .metrics import Counters, Keys
@@ -108,7 +109,7 @@ class AppState:
         if old is None or old.closed:
             return
         if old.loop.is_closed() or not old.loop.is_running():
-            old.lose_everything("its event loop ended")
+            lose_everything(old, "its event loop ended")
 
     def without_lifespan(self, scope: Mapping[str, Any]) -> None:
         """Say once that the app is served without the ASGI lifespan, and what that costs."""
@@ -158,6 +159,6 @@ class AppState:
         """Finish or cancel the work of this loop's runner, once."""
         runner = self.current_runner
         if runner is not None and not runner.closed:
-            await runner.shutdown(seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
+            await shutdown(runner, seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
             if self._durable is not None:
                 await self._durable.close()

@@ -1,4 +1,4 @@
-"""The supervised task runner: limits, timeouts, error reports and the drain at shutdown.
+"""The supervised task runner: limits, timeouts and error reports (its drain: _drain.py).
 
 Work arrives as batches: one request's post-response jobs, or one
 ``start_soon`` call. A batch waits in a FIFO queue as a plain record until
@@ -33,7 +33,6 @@ import sys
 import time
 from typing import Any
 
-import anyio
 from quart import Quart
 
 from ._admission import Admission
@@ -47,7 +46,7 @@ from ._stepping import (
     time_collections,
     Watch,
 )
-from .jobs import Batch, Job, log_fields, NO_KWARGS
+from .jobs import Batch, Job, NO_KWARGS
 from .metrics import Counters, Keys, WINDOW
 from .threads import ThreadCall, ThreadPool
 from .tracing import Tracing
@@ -55,8 +54,6 @@ from .tracing import Tracing
 logger = logging.getLogger("quart_deferred")
 
 SLICE = 0.001  # Seconds a batch task may keep the loop before it yields between jobs.
-CANCEL_GRACE = 1.0  # Seconds a job cancelled at its timeout has to end before it is let go of.
-UNWIND = 0.4  # Seconds cancelled jobs and running threads get at shutdown before the exit.
 _CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
 
 
@@ -79,7 +76,7 @@ class TaskRunner:
         self.max_concurrency = max_concurrency
         self.task_timeout = task_timeout
         self.threads = threads
-        self._pool: ThreadPool | None = None  # Started with the first plain job.
+        self.pool: ThreadPool | None = None  # Started with the first plain job.
         time_collections()
         self._tracing = Tracing.load()  # None unless OpenTelemetry is installed.
         self.closed = False
@@ -87,11 +84,11 @@ class TaskRunner:
         # release() when done), so that join() waits for their work too.
         self.pending = 0
         self._counters = counters
-        self._keys = keys
+        self.keys = keys
         self._waiting: deque[Batch] = deque()
-        self._tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
+        self.tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._ledger = Ledger(app, counters, keys, task_timeout)
+        self.ledger = Ledger(app, counters, keys, task_timeout)
         # What the runner lets in; with its ledger, the only writer of counters and keys.
         self.admission = Admission(counters, keys, max_pending)
 
@@ -103,10 +100,10 @@ class TaskRunner:
         counters.scheduled += count
         counters.waiting += count
         if self.closed:
-            self._ledger.cancel_unstarted(batch, "it arrived after the runner had shut down")
-            self._ledger.flush_unnamed()
+            self.ledger.cancel_unstarted(batch, "it arrived after the runner had shut down")
+            self.ledger.flush_unnamed()
             _settle(batch)
-        elif len(self._tasks) < self.max_concurrency:
+        elif len(self.tasks) < self.max_concurrency:
             self._start(batch)
         else:
             self._waiting.append(batch)
@@ -118,17 +115,17 @@ class TaskRunner:
             task = create_task(coro, context=batch.context)
         else:  # Python 3.10: the task copies the context current at its creation.
             task = batch.context.run(self.loop.create_task, coro)
-        self._tasks[batch] = task
+        self.tasks[batch] = task
 
     def _end(self, batch: Batch) -> None:
         """A batch's task is done with it: account for what did not run, start the next."""
-        self._tasks.pop(batch, None)
+        self.tasks.pop(batch, None)
         if batch.next < len(batch.jobs):
-            self._ledger.cancel_unstarted(batch, "the runner was shutting down")
+            self.ledger.cancel_unstarted(batch, "the runner was shutting down")
         if batch.waiter is not None:
             batch.waiter.settle()
         waiting = self._waiting
-        while waiting and len(self._tasks) < self.max_concurrency and not self.closed:
+        while waiting and len(self.tasks) < self.max_concurrency and not self.closed:
             self._start(waiting.popleft())
         if self._idle_waiters:
             self._wake_idle_waiters()
@@ -145,20 +142,20 @@ class TaskRunner:
 
     async def call_on_thread(self, func: Callable[..., Any], *args: Any) -> None:
         """Await ``func(*args)`` on the runner's threads; a cancelled wait never starts it late."""
-        call = ThreadCall(Job(func, args, NO_KWARGS, False), None, self._keys)
+        call = ThreadCall(Job(func, args, NO_KWARGS, False), None, self.keys)
         try:
             await self._threads().run(self.loop, call)
         finally:
             call.abandon()
 
     def _threads(self) -> ThreadPool:
-        if self._pool is None:
-            self._pool = ThreadPool(self.threads, "quart-deferred")
-        return self._pool
+        if self.pool is None:
+            self.pool = ThreadPool(self.threads, "quart-deferred")
+        return self.pool
 
     def owns_current_task(self) -> bool:
         """Whether the code calling this is deferred work of this runner."""
-        return asyncio.current_task() in self._tasks.values()
+        return asyncio.current_task() in self.tasks.values()
 
     # Running
 
@@ -187,7 +184,7 @@ class TaskRunner:
                 extra=batch.log_fields(job),
             )
             if batch.watch is not None:  # The job it failed around counts as failed.
-                self._ledger.finish("failed")
+                self.ledger.finish("failed")
         finally:
             batch.watch = None
             self._end(batch)
@@ -218,7 +215,7 @@ class TaskRunner:
             watch = thread_call = None
             if timeout is not None:
                 watch = batch.watch = Watch()
-                watch.timer = self.loop.call_later(timeout, self._expire, batch, watch)
+                watch.timer = self.loop.call_later(timeout, watch.expire, self.tasks, batch)
             try:
                 if tracing is not None and started >= tracing.quiet_until:
                     span = tracing.start(job, batch, wait, started)
@@ -239,11 +236,11 @@ class TaskRunner:
                 else:
                     if watch is None:
                         watch = batch.watch = Watch()
-                    thread_call = ThreadCall(job, batch.source, self._keys)
+                    thread_call = ThreadCall(job, batch.source, self.keys)
                     await self._threads().run(self.loop, thread_call)
                 if watch is not None and watch.expired:
                     outcome = "timeout"
-                    self._ledger.timed_out(job, batch, None, clock() - started, cancelled=True)
+                    self.ledger.timed_out(job, batch, None, clock() - started, cancelled=True)
                 elif (
                     job.is_async
                     and timeout is not None
@@ -251,7 +248,7 @@ class TaskRunner:
                     and (took := clock() - started - (collecting[0] - collected)) > timeout
                 ):
                     outcome = "timeout"
-                    self._ledger.timed_out(job, batch, None, took, cancelled=False)
+                    self.ledger.timed_out(job, batch, None, took, cancelled=False)
                 else:
                     outcome = "ok"
                     counters.running -= 1
@@ -261,19 +258,19 @@ class TaskRunner:
                     self._cancelled(job, batch, thread_call)
                     raise
                 outcome = "timeout"  # The job ended by raising the cancellation.
-                self._ledger.timed_out(job, batch, thread_call, clock() - started, cancelled=True)
+                self.ledger.timed_out(job, batch, thread_call, clock() - started, cancelled=True)
             except IgnoredCancellation:
-                self._ledger.ignored_cancellation(job, batch, closed=self.closed)
+                self.ledger.ignored_cancellation(job, batch, closed=self.closed)
                 if self.closed:
                     return
             except Carried as error:
                 outcome, failure = "error", error.__cause__
-                await self._ledger.failed(error.__cause__ or error, job, batch)
+                await self.ledger.failed(error.__cause__ or error, job, batch)
             except GeneratorExit:  # Thrown in: the task's coroutine is being closed.
                 raise
             except BaseException as error:  # The job is never trusted: SystemExit too.
                 outcome, failure = "error", error
-                await self._ledger.failed(error, job, batch)
+                await self.ledger.failed(error, job, batch)
             finally:
                 ended = clock()
                 durations.append(ended - started)
@@ -282,16 +279,16 @@ class TaskRunner:
                     if watch.timer is not None:
                         watch.timer.cancel()
                     if watch.issued:
-                        _uncancel(self._tasks.get(batch), watch.issued)
+                        watch.take_back(self.tasks.get(batch))
                     slowest = watch.slowest
                 else:
                     slowest = ended - started - (collecting[0] - collected)
                 if job.key is not None and thread_call is None:
-                    self._keys.release(job.key)  # A plain job's frees it on its thread.
+                    self.keys.release(job.key)  # A plain job's frees it on its thread.
                 if span is not None:
                     span.end(outcome, failure)
                 if slowest >= SLOW_STEP and job.is_async:
-                    self._ledger.blocked(job, batch, slowest)
+                    self.ledger.blocked(job, batch, slowest)
             if ended - slice_began >= SLICE and batch.next < len(jobs):
                 await asyncio.sleep(0)  # Let the loop serve others between jobs.
                 slice_began = clock()
@@ -299,32 +296,16 @@ class TaskRunner:
             counters.wait.fold()
             counters.duration.fold()
 
-    def _expire(self, batch: Batch, watch: Watch) -> None:
-        """The job's timeout ran out: cancel it, and let go of it if it will not end."""
-        task = self._tasks.get(batch)
-        if task is None:
-            return
-        watch.expired = True
-        watch.issued += 1
-        task.cancel()
-        watch.timer = self.loop.call_later(CANCEL_GRACE, self._let_go, task, watch)
-
-    def _let_go(self, task: asyncio.Task[None], watch: Watch) -> None:
-        watch.abandoned = True
-        watch.issued += 1
-        watch.timer = None
-        task.cancel()
-
     def _cancelled(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
         """Account for a real cancellation of the batch's task: shutdown, or the loop ending."""
         if thread_call is not None:
-            self._ledger.finish_thread_call(thread_call, job, batch, shutdown=True)
+            self.ledger.finish_thread_call(thread_call, job, batch, shutdown=True)
         else:
-            self._ledger.cancel_running(job, batch, "it was still running")
+            self.ledger.cancel_running(job, batch, "it was still running")
         if not self.closed:  # Nobody but the loop's own teardown cancels our tasks.
             self.lose_waiting("the event loop stopped")
-        self._ledger.cancel_unstarted(batch, "the runner was shutting down")
-        self._ledger.flush_unnamed()
+        self.ledger.cancel_unstarted(batch, "the runner was shutting down")
+        self.ledger.flush_unnamed()
 
     def lose_waiting(self, why: str) -> None:
         """Close the runner and account for every batch still waiting, each job by name.
@@ -334,34 +315,21 @@ class TaskRunner:
         """
         self.closed = True
         for batch in self._waiting:
-            self._ledger.cancel_unstarted(batch, why)
+            self.ledger.cancel_unstarted(batch, why)
             _settle(batch)
         self._waiting.clear()
-        for batch, task in list(self._tasks.items()):
+        for batch, task in list(self.tasks.items()):
             if not batch.started:
                 task.cancel()
-                del self._tasks[batch]
-                self._ledger.cancel_unstarted(batch, why)
+                del self.tasks[batch]
+                self.ledger.cancel_unstarted(batch, why)
                 _settle(batch)
-
-    def lose_everything(self, why: str) -> None:
-        """Account for all this runner's work: its loop has ended without running it."""
-        self.lose_waiting(why)
-        for batch in self._tasks:
-            if batch.watch is not None:  # A job was running.
-                job = batch.jobs[batch.next - 1]
-                self._ledger.cancel_running(job, batch, f"it was running when {why}")
-                if job.key is not None:
-                    self._keys.release(job.key)
-            self._ledger.cancel_unstarted(batch, why)
-        self._tasks.clear()
-        self._ledger.flush_unnamed()
 
     # Waiting
 
     @property
     def idle(self) -> bool:
-        return not self._waiting and not self._tasks and self.pending == 0
+        return not self._waiting and not self.tasks and self.pending == 0
 
     async def wait_idle(self) -> None:
         """Return once nothing is waiting, running or about to be submitted."""
@@ -380,46 +348,6 @@ class TaskRunner:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    async def shutdown(self, grace: float) -> None:
-        """Drain for up to *grace* seconds, then cancel what is left, logging each job."""
-        started = time.monotonic()
-        with anyio.move_on_after(grace):
-            await self.wait_idle()
-        self.lose_waiting(f"the {grace}s shutdown timeout ran out")
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        deadline = time.monotonic() + UNWIND
-        if tasks:  # Cancelled jobs log themselves; give them a moment to unwind.
-            _, alive = await asyncio.wait(tasks, timeout=UNWIND)
-            for batch, task in list(self._tasks.items()):  # Jobs that ignore their
-                if task in alive and batch.watch is not None:  # cancellation: let go.
-                    batch.watch.abandoned = True
-                    task.cancel()
-            if alive:
-                await asyncio.wait(alive, timeout=0.1)
-        if self._pool is not None:
-            # Plain functions still on their threads cannot be stopped: they were
-            # logged as still running, and get the rest of the moment to finish.
-            # After that they do not hold the exit (daemon threads).
-            left = max(0.0, deadline - time.monotonic())
-            await asyncio.to_thread(self._pool.wait_running, left)
-            self._pool.close()
-        self._ledger.flush_unnamed()
-        logger.debug(
-            "Quart-Deferred drained in %.3fs",
-            time.monotonic() - started,
-            extra=log_fields(None, None),
-        )
-
-
-def _uncancel(task: asyncio.Task[None] | None, times: int) -> None:
-    """Take back the runner's own cancellations of *task* (a timeout), Python 3.11+."""
-    uncancel: Any = getattr(task, "uncancel", None)
-    if uncancel is not None:
-        for _ in range(times):
-            uncancel()
 
 
 def _settle(batch: Batch) -> None:
