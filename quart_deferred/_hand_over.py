@@ -89,13 +89,13 @@ def hand_over(
     """
     status: int | None = None if start is None else start["status"]
     successful = _successful(complete, status)
+    admission = runner.admission
     jobs: list[Job]
     if batch is None:  # App-wide hooks for a request that never reached Quart's hooks.
         jobs = []
         batch = Batch(jobs, Context(), source, fresh_app_context=True)
     else:
         jobs = batch.jobs
-        admission = runner.admission
         admission.handed_over(len(jobs))  # Now waiting, or skipped below.
     batch.status = status  # For tracing, and for the line that logs a skipped job.
     for job in jobs:
