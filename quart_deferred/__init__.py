@@ -25,8 +25,10 @@ Where each concept lives (no import cycles among them, not even type-only ones):
 - ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
 - ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).
 - ``jobs``: ``Job``, ``Batch``, ``Hook``, the async check and the names used in log lines.
-- ``runner``: ``TaskRunner``: limits, timeouts, a task per batch; the one owner of what
-  counts or limits jobs, through its ``Admission`` and ``Ledger``.
+- ``runner``: ``TaskRunner``: a task per batch, ``MAX_CONCURRENCY``, ``join``'s idle wait; the
+  one owner of what counts or limits jobs, through its ``Admission`` and ``Ledger``.
+- ``_batch_run``: one batch's jobs, one after another on its task: timeouts, tracing, the
+  slice between jobs, each job's outcome accounted for once.
 - ``_admission``: ``Admission``: ``MAX_PENDING``, de-duplication keys, jobs held by requests.
 - ``_drain``: the end of a runner's work: the drain at shutdown, or the loss of what a loop
   that ended left behind, each job accounted for by name.

@@ -1,4 +1,4 @@
-"""The supervised task runner: limits, timeouts and error reports (its drain: _drain.py).
+"""The supervised task runner: a task per batch, limits, and one owner of what counts jobs.
 
 Work arrives as batches: one request's post-response jobs, or one
 ``start_soon`` call. A batch waits in a FIFO queue as a plain record until
@@ -9,18 +9,11 @@ job belongs to that request's jobs alone, as with Quart's
 ``add_background_task``, and libraries that key state on the current task
 (SQLAlchemy's ``async_scoped_session``) keep requests apart.
 
-The runner never trusts a job. Whatever a job raises (``SystemExit``,
-``KeyboardInterrupt``, ``GeneratorExit``, its own ``CancelledError``) ends
-that job as failed and is reported; the rest of the batch runs. A batch
-task yields to the event loop between jobs at least once a millisecond, so
-no amount of jobs that never await can freeze the loop. A job that ignores
-its cancellation is let go of (see ``_stepping.py``), and plain jobs run on
-daemon threads (see ``threads.py``), so the process can always exit on time.
-
-Every job ends in exactly one of: succeeded, failed, timed out, cancelled.
-The counters move together, without an ``await`` in between, so that at
-every moment ``scheduled == waiting + running + succeeded + failed +
-timed_out + cancelled + kept``.
+How the jobs of one batch run on its task, each accounted for once, is
+_batch_run.py; the drain at shutdown is _drain.py. The runner owns
+everything that counts or limits jobs: the app's counters and keys (written
+by its ``Admission``, its ``Ledger`` and the batch runs it starts), the
+admission of new work, and ``pending``, the exchanges being handed over.
 """
 
 from __future__ import annotations
@@ -36,24 +29,16 @@ from typing import Any
 from quart import Quart
 
 from ._admission import Admission
+from ._batch_run import run_jobs
 from ._outcomes import Ledger
-from ._stepping import (
-    Carried,
-    drive,
-    gc_seconds,
-    IgnoredCancellation,
-    SLOW_STEP,
-    time_collections,
-    Watch,
-)
+from ._stepping import time_collections
 from .jobs import Batch, Job, NO_KWARGS
-from .metrics import Counters, Keys, WINDOW
+from .metrics import Counters, Keys
 from .threads import ThreadCall, ThreadPool
 from .tracing import Tracing
 
 logger = logging.getLogger("quart_deferred")
 
-SLICE = 0.001  # Seconds a batch task may keep the loop before it yields between jobs.
 _CONTEXT_ARGUMENT = sys.version_info >= (3, 11)  # create_task(context=...)
 
 
@@ -75,15 +60,15 @@ class TaskRunner:
         self.loop = asyncio.get_running_loop()
         self.max_concurrency = max_concurrency
         self.task_timeout = task_timeout
-        self.threads = threads
+        self.thread_count = threads
         self.pool: ThreadPool | None = None  # Started with the first plain job.
         time_collections()
-        self._tracing = Tracing.load()  # None unless OpenTelemetry is installed.
+        self.tracing = Tracing.load()  # None unless OpenTelemetry is installed.
         self.closed = False
         # Exchanges whose final message is going out right now (they add one, and
         # release() when done), so that join() waits for their work too.
         self.pending = 0
-        self._counters = counters
+        self.counters = counters
         self.keys = keys
         self._waiting: deque[Batch] = deque()
         self.tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
@@ -94,7 +79,7 @@ class TaskRunner:
 
     def submit(self, batch: Batch) -> None:
         """Accept *batch* and see that it runs, now or when a slot frees; never drop it."""
-        counters = self._counters
+        counters = self.counters
         count = len(batch.jobs)
         batch.handed_at = time.perf_counter()
         counters.scheduled += count
@@ -144,13 +129,14 @@ class TaskRunner:
         """Await ``func(*args)`` on the runner's threads; a cancelled wait never starts it late."""
         call = ThreadCall(Job(func, args, NO_KWARGS, False), None, self.keys)
         try:
-            await self._threads().run(self.loop, call)
+            await self.thread_pool().run(self.loop, call)
         finally:
             call.abandon()
 
-    def _threads(self) -> ThreadPool:
+    def thread_pool(self) -> ThreadPool:
+        """The runner's threads for plain ``def`` jobs, started with the first."""
         if self.pool is None:
-            self.pool = ThreadPool(self.threads, "quart-deferred")
+            self.pool = ThreadPool(self.thread_count, "quart-deferred")
         return self.pool
 
     def owns_current_task(self) -> bool:
@@ -169,7 +155,7 @@ class TaskRunner:
         """Run the batch's jobs one after another, in the batch's context, on its own task."""
         batch.started = True
         try:
-            await self._jobs(batch)
+            await run_jobs(self, batch)
         except asyncio.CancelledError:
             if not self.closed:  # Nobody but the loop's own teardown cancels our tasks.
                 self.lose_waiting("the event loop stopped")
@@ -188,124 +174,6 @@ class TaskRunner:
         finally:
             batch.watch = None
             self._end(batch)
-
-    async def _jobs(self, batch: Batch) -> None:
-        jobs = batch.jobs
-        counters = self._counters
-        timeout = self.task_timeout
-        tracing = self._tracing
-        clock = time.perf_counter
-        waits = counters.wait.samples  # Appended to directly: see LatencyRecorder.
-        durations = counters.duration.samples
-        collecting = gc_seconds  # Seconds in garbage collections: not the job's doing.
-        slice_began = batch.handed_at
-        while batch.next < len(jobs):
-            job = jobs[batch.next]
-            batch.next += 1
-            counters.waiting -= 1
-            counters.running += 1
-            started = clock()
-            collected = collecting[0]
-            wait = started - batch.handed_at
-            waits.append(wait)
-            span = None
-            outcome, failure = "cancelled", None
-            # What the timeout and shutdown need to know of a job that waits; a job that
-            # ends in its first step (the common case) never needs one.
-            watch = thread_call = None
-            if timeout is not None:
-                watch = batch.watch = Watch()
-                watch.timer = self.loop.call_later(timeout, watch.expire, self.tasks, batch)
-            try:
-                if tracing is not None and started >= tracing.quiet_until:
-                    span = tracing.start(job, batch, wait, started)
-                if job.is_async:
-                    coro = job.func(*job.args, **job.kwargs)
-                    try:  # The first step, here: no generator for a job that never waits.
-                        first = coro.send(None)
-                    except StopIteration:
-                        if watch is not None:
-                            watch.slowest = clock() - started - (collecting[0] - collected)
-                    except (asyncio.CancelledError, GeneratorExit) as own:
-                        raise Carried.of(own) from own  # Nothing was thrown in yet.
-                    else:
-                        if watch is None:
-                            watch = batch.watch = Watch()
-                        watch.slowest = clock() - started - (collecting[0] - collected)
-                        await drive(coro, watch, first)
-                else:
-                    if watch is None:
-                        watch = batch.watch = Watch()
-                    thread_call = ThreadCall(job, batch.source, self.keys)
-                    await self._threads().run(self.loop, thread_call)
-                if watch is not None and watch.expired:
-                    outcome = "timeout"
-                    self.ledger.timed_out(job, batch, None, clock() - started, cancelled=True)
-                elif (
-                    job.is_async
-                    and timeout is not None
-                    # Its own time: garbage collections in its steps are not its doing.
-                    and (took := clock() - started - (collecting[0] - collected)) > timeout
-                ):
-                    outcome = "timeout"
-                    self.ledger.timed_out(job, batch, None, took, cancelled=False)
-                else:
-                    outcome = "ok"
-                    counters.running -= 1
-                    counters.succeeded += 1
-            except asyncio.CancelledError:
-                if watch is None or not watch.expired:  # Shutdown, or the loop is ending.
-                    self._cancelled(job, batch, thread_call)
-                    raise
-                outcome = "timeout"  # The job ended by raising the cancellation.
-                self.ledger.timed_out(job, batch, thread_call, clock() - started, cancelled=True)
-            except IgnoredCancellation:
-                self.ledger.ignored_cancellation(job, batch, closed=self.closed)
-                if self.closed:
-                    return
-            except Carried as error:
-                outcome, failure = "error", error.__cause__
-                await self.ledger.failed(error.__cause__ or error, job, batch)
-            except GeneratorExit:  # Thrown in: the task's coroutine is being closed.
-                raise
-            except BaseException as error:  # The job is never trusted: SystemExit too.
-                outcome, failure = "error", error
-                await self.ledger.failed(error, job, batch)
-            finally:
-                ended = clock()
-                durations.append(ended - started)
-                if watch is not None:
-                    batch.watch = None
-                    if watch.timer is not None:
-                        watch.timer.cancel()
-                    if watch.issued:
-                        watch.take_back(self.tasks.get(batch))
-                    slowest = watch.slowest
-                else:
-                    slowest = ended - started - (collecting[0] - collected)
-                if job.key is not None and thread_call is None:
-                    self.keys.release(job.key)  # A plain job's frees it on its thread.
-                if span is not None:
-                    span.end(outcome, failure)
-                if slowest >= SLOW_STEP and job.is_async:
-                    self.ledger.blocked(job, batch, slowest)
-            if ended - slice_began >= SLICE and batch.next < len(jobs):
-                await asyncio.sleep(0)  # Let the loop serve others between jobs.
-                slice_began = clock()
-        if len(waits) >= WINDOW:  # Checked here, not in a call per sample: see LatencyRecorder.
-            counters.wait.fold()
-            counters.duration.fold()
-
-    def _cancelled(self, job: Job, batch: Batch, thread_call: ThreadCall | None) -> None:
-        """Account for a real cancellation of the batch's task: shutdown, or the loop ending."""
-        if thread_call is not None:
-            self.ledger.finish_thread_call(thread_call, job, batch, shutdown=True)
-        else:
-            self.ledger.cancel_running(job, batch, "it was still running")
-        if not self.closed:  # Nobody but the loop's own teardown cancels our tasks.
-            self.lose_waiting("the event loop stopped")
-        self.ledger.cancel_unstarted(batch, "the runner was shutting down")
-        self.ledger.flush_unnamed()
 
     def lose_waiting(self, why: str) -> None:
         """Close the runner and account for every batch still waiting, each job by name.
