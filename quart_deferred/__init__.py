@@ -2,9 +2,10 @@
 
 Where each concept lives (no import cycles among them, not even type-only ones):
 
-- ``extension``: ``QuartDeferred``: binding to apps, init arguments, hooks, ``join``, ``stats``.
-- ``app_state``: what one app keeps: config, counters and keys (written by runners only), the
-  runner of each loop, the durable runtime.
+- ``extension``: ``QuartDeferred``, the public API: binding to apps, init arguments, hooks,
+  tasks, ``start_soon``, ``join``, ``stats``; each call checked here, then done by its app's state.
+- ``app_state``: what one app keeps and does: config, counters and keys (written by runners
+  only), the runner of each loop, the durable runtime, ``start_soon``, ``stats``, ``join``.
 - ``callbacks``: ``after_this_request`` and the dispatcher that calls its callbacks.
 - ``post_response``: ``after_this_response``, and ``defer``: how a request registers a job.
 - ``_hand_over``: ``Delivery`` and ``hand_over``, the one place that applies ``when`` and

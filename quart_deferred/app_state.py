@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 from collections import ChainMap
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Collection, Mapping
+from contextvars import copy_context
+from dataclasses import replace
 import logging
+import math
 from typing import Any, Protocol
 
+import anyio
 from quart import Quart
 
-from ._compat import from_test_client
+from ._compat import app_context, current_source, from_test_client
 from ._config import optional_seconds, optional_whole_number, seconds, whole_number
 from ._drain import lose_everything, shutdown
 from ._durable import open_journal, Runtime
-from .jobs import Hook, log_fields
-from .metrics import Counters, Keys
+from .exceptions import ContextError, InvalidOptionError, NotInitialisedError
+from .jobs import Batch, Hook, Job, log_fields
+from .metrics import Counters, JournalCounts, Keys, Stats
 from .runner import TaskRunner
 from .tasks import Task
 
@@ -111,6 +116,42 @@ class AppState:
         if old.loop.is_closed() or not old.loop.is_running():
             lose_everything(old, "its event loop ended")
 
+    def start_soon(
+        self, work: Job | Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Start *work* outside the response cycle: ``deferred.start_soon``, checked by it.
+
+        *work* is the job of a plain callable, or a task to call with *args*
+        and *kwargs*.
+        """
+        app_ctx = app_context()
+        fresh = app_ctx is None or app_ctx.app is not self.app
+        runner = self.runner()
+        durable = None
+        if isinstance(work, Job):
+            job = work
+            func: object = work.func
+        else:  # A task: its arguments are encoded now, or refused here.
+            durable = self.durable()
+            job = durable.job_for(work, args, kwargs, "always", None, "start_soon", "start_soon")
+            func = work
+        runner.admission.admit(func, "start_soon")  # Refused work is not written either.
+        if durable is not None and durable.journal is not None:
+            # Not promised to a client: written without waiting.
+            durable.write_later([job.func])  # type: ignore[list-item]  # A TaskCall.
+        runner.submit(Batch([job], copy_context(), current_source(), fresh))
+
+    def stats(self) -> Stats:
+        """A snapshot of the app's counters; with a journal, its counts read from the file now."""
+        stats = self.counters.snapshot()
+        journal = self.durable().journal
+        if journal is None:
+            return stats
+        counts = journal.counts()
+        return replace(
+            stats, journal=JournalCounts(counts["waiting"], counts["dead"], counts["done"])
+        )
+
     def without_lifespan(self, scope: Mapping[str, Any]) -> None:
         """Say once that the app is served without the ASGI lifespan, and what that costs."""
         if from_test_client(scope):  # app.test_client() without test_app(): no server.
@@ -162,3 +203,60 @@ class AppState:
             await shutdown(runner, seconds(self.config, "QUART_DEFERRED_SHUTDOWN_TIMEOUT"))
             if self._durable is not None:
                 await self._durable.close()
+
+
+def state_of(owner: Owner, app: Quart | None, bound: Collection[Quart]) -> AppState:
+    """The state *owner* keeps for *app*: by default the current app's, or the one bound app's."""
+    if app is not None:
+        check_app(app, "app=")
+    else:
+        app_ctx = app_context()
+        if app_ctx is not None:
+            app = app_ctx.app
+        elif len(bound) == 1:
+            app = next(iter(bound))
+        else:
+            msg = (
+                f"This QuartDeferred is bound to {len(bound)} apps and no app "
+                "context is active, so it cannot tell which app you mean. Pass "
+                "app=..., or call it inside an app context."
+            )
+            raise ContextError(msg)
+    state = app.extensions.get("quart_deferred")
+    if not isinstance(state, AppState) or state.extension is not owner:
+        raise NotInitialisedError.for_app(app.name)
+    return state
+
+
+def check_app(app: object, where: str) -> None:
+    if not isinstance(app, Quart):
+        msg = (
+            f"{where} got {app!r} of type {type(app).__name__}, which is not a Quart app. "
+            "Pass the Quart app itself (not a blueprint, nor app.asgi_app)."
+        )
+        raise InvalidOptionError(msg)
+
+
+async def join(states: list[AppState], timeout: float | None) -> None:  # noqa: ASYNC109
+    """Wait until the runners of *states* are idle: ``deferred.join()``."""
+    runners = [state.current_runner for state in states]
+    for runner in runners:
+        if runner is not None and runner.owns_current_task():
+            msg = (
+                "deferred.join() was awaited from inside deferred work, which would wait "
+                "for itself forever. Await the other work directly, or start it with "
+                "deferred.start_soon() and let it finish on its own."
+            )
+            raise ContextError(msg)
+    with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
+        for runner in runners:
+            if runner is not None:
+                await runner.wait_idle()
+    if scope.cancelled_caught:
+        waiting = sum(state.counters.waiting for state in states)
+        running = sum(state.counters.running for state in states)
+        msg = (
+            f"deferred.join() gave up after {timeout}s with {waiting} jobs "
+            f"waiting and {running} running."
+        )
+        raise TimeoutError(msg)

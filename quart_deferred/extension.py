@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextvars import copy_context
-from dataclasses import replace
 import logging
-import math
 from typing import Any, overload, ParamSpec, TypeVar
 import weakref
 
-import anyio
 from quart import Quart
 from quart.signals import got_websocket_exception
 
 from ._asgi import PostResponseMiddleware
 from ._cli import cli
-from ._compat import app_context, current_source
+from ._compat import app_context
 from ._config import configure
 from ._durable import open_journal
 from ._exchange import capture_context, websocket_failed
@@ -24,10 +20,10 @@ from ._outbox import OUTBOX
 from ._request import on_event_loop
 from ._test_client import work_of
 from .adapters import QueueAdapter
-from .app_state import AppState
-from .exceptions import ContextError, InvalidCallbackError, InvalidOptionError, NotInitialisedError
-from .jobs import Batch, check_when, Hook, is_async, Job, When
-from .metrics import JournalCounts, Stats
+from .app_state import AppState, check_app, join, state_of
+from .exceptions import ContextError, InvalidCallbackError
+from .jobs import check_when, Hook, is_async, Job, When
+from .metrics import Stats
 from .tasks import JSON, register_task, Serializer, Task
 
 P = ParamSpec("P")
@@ -117,7 +113,7 @@ class QuartDeferred:
 
     def init_app(self, app: Quart) -> None:
         """Bind the extension to *app*: config defaults, hooks, ASGI layer and lifespan."""
-        _check_app(app, "init_app")
+        check_app(app, "init_app")
         if any(cls.__module__.startswith("quart_trio") for cls in type(app).__mro__):
             msg = (
                 f"QuartDeferred does not support Quart-Trio apps ({type(app).__name__} "
@@ -259,9 +255,11 @@ class QuartDeferred:
         Arguments:
             func: The function to call; ``async def`` functions are awaited.
         """
-        task = func if isinstance(func, Task) else None
-        if task is None:
-            job = Job(func, args, kwargs, is_async(func, "start_soon"), "always")
+        work = (
+            func
+            if isinstance(func, Task)
+            else Job(func, args, kwargs, is_async(func, "start_soon"))
+        )
         if not on_event_loop():
             msg = (
                 "deferred.start_soon() was called with no event loop running in this "
@@ -269,22 +267,11 @@ class QuartDeferred:
                 "a before_serving function)."
             )
             raise ContextError(msg)
-        state = self._state(None)
-        app_ctx = app_context()
-        fresh = app_ctx is None or app_ctx.app is not state.app
-        runner = state.runner()
-        if task is not None:
-            durable = state.durable()
-            job = durable.job_for(task, args, kwargs, "always", None, "start_soon", "start_soon")
-        runner.admission.admit(func, "start_soon")  # Refused work is not written either.
-        if task is not None and durable.journal is not None:
-            # Not promised to a client: written without waiting.
-            durable.write_later([job.func])  # type: ignore[list-item]  # A TaskCall.
-        runner.submit(Batch([job], copy_context(), current_source(), fresh))
+        self._state(None).start_soon(work, args, kwargs)
 
     # Introspection
 
-    async def join(self, timeout: float | None = None, *, app: Quart | None = None) -> None:  # noqa: ASYNC109
+    async def join(self, timeout: float | None = None, *, app: Quart | None = None) -> None:
         """Wait until no deferred work is waiting or running, including work added meanwhile.
 
         Also waits for a request whose final body is being sent right now.
@@ -297,29 +284,9 @@ class QuartDeferred:
             states = [self._state(bound) for bound in list(self._apps)]
         else:
             states = [self._state(app)]
-        runners = [state.current_runner for state in states]
-        for runner in runners:
-            if runner is not None and runner.owns_current_task():
-                msg = (
-                    "deferred.join() was awaited from inside deferred work, which would wait "
-                    "for itself forever. Await the other work directly, or start it with "
-                    "deferred.start_soon() and let it finish on its own."
-                )
-                raise ContextError(msg)
-        with anyio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            for runner in runners:
-                if runner is not None:
-                    await runner.wait_idle()
-        if scope.cancelled_caught:
-            waiting = sum(state.counters.waiting for state in states)
-            running = sum(state.counters.running for state in states)
-            msg = (
-                f"deferred.join() gave up after {timeout}s with {waiting} jobs "
-                f"waiting and {running} running."
-            )
-            raise TimeoutError(msg)
+        await join(states, timeout)
 
-    async def wait_for(self, response: object, timeout: float | None = 5.0) -> list[BaseException]:  # noqa: ASYNC109
+    async def wait_for(self, response: object, timeout: float | None = 5.0) -> list[BaseException]:
         """Wait for the post-response work of the one request that *response* answered.
 
         For tests: *response* comes from ``app.test_client()`` of an app this
@@ -336,45 +303,10 @@ class QuartDeferred:
 
         With a journal, ``journal`` holds its counts, read from the file now.
         """
-        state = self._state(app)
-        stats = state.counters.snapshot()
-        journal = state.durable().journal
-        if journal is None:
-            return stats
-        counts = journal.counts()
-        return replace(
-            stats, journal=JournalCounts(counts["waiting"], counts["dead"], counts["done"])
-        )
+        return self._state(app).stats()
 
     def _state(self, app: Quart | None) -> AppState:
-        if app is not None:
-            _check_app(app, "app=")
-        else:
-            app_ctx = app_context()
-            if app_ctx is not None:
-                app = app_ctx.app
-            elif len(self._apps) == 1:
-                app = next(iter(self._apps))
-            else:
-                msg = (
-                    f"This QuartDeferred is bound to {len(self._apps)} apps and no app "
-                    "context is active, so it cannot tell which app you mean. Pass "
-                    "app=..., or call it inside an app context."
-                )
-                raise ContextError(msg)
-        state = app.extensions.get("quart_deferred")
-        if not isinstance(state, AppState) or state.extension is not self:
-            raise NotInitialisedError.for_app(app.name)
-        return state
-
-
-def _check_app(app: object, where: str) -> None:
-    if not isinstance(app, Quart):
-        msg = (
-            f"{where} got {app!r} of type {type(app).__name__}, which is not a Quart app. "
-            "Pass the Quart app itself (not a blueprint, nor app.asgi_app)."
-        )
-        raise InvalidOptionError(msg)
+        return state_of(self, app, self._apps)
 
 
 def _install_capture(app: Quart) -> None:
