@@ -20,8 +20,10 @@ Where each concept lives (no import cycles among them, not even type-only ones):
   (at the start and every third of the lease), the lease's renewal, expiry of old records.
 - ``_cli``: ``quart deferred list|retry|purge``, for operators.
 - ``_journal``: the storage protocol (``Journal``, ``Record``); ``_sqlite_journal``: the
-  SQLite store (schema, operations, WAL); ``_group_commit``: its writes, committed in groups
-  on the event loop (``QUART_DEFERRED_JOURNAL_SYNC="normal"``) or on a thread (``"full"``).
+  SQLite store (schema, operations, WAL); ``_sqlite_admin``: its operator's side (the CLI's
+  reads and changes, ``stats()``'s counts) on connections of their own; ``_group_commit``:
+  its writes, committed in groups on the event loop (``QUART_DEFERRED_JOURNAL_SYNC="normal"``)
+  or on a thread (``"full"``).
 - ``adapters``: ``QueueAdapter`` and the Celery and taskiq adapters (recognise, find, send).
 - ``_outbox``: with a journal, ``enqueue_after_response`` sends kept until the broker has them.
 - ``queues``: ``enqueue_after_response``: in memory, a send with its retries (``_Send``).

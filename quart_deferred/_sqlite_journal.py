@@ -2,7 +2,8 @@
 
 The writes go through a ``GroupWriter`` (_group_commit.py): queued, and
 committed in groups, on the event loop or on a thread. The CLI's reads and
-changes use a connection of their own. Several processes may share the
+changes, and ``stats()``'s counts, use connections of their own
+(_sqlite_admin.py). Several processes may share the
 file: SQLite's own locking orders their transactions (``BEGIN IMMEDIATE``,
 a busy timeout of 10 s).
 """
@@ -13,7 +14,6 @@ import asyncio
 from collections.abc import Collection
 import logging
 import os
-from pathlib import Path
 import sqlite3
 import threading
 import time
@@ -21,6 +21,7 @@ from typing import Any
 
 from ._group_commit import GroupWriter, Operation
 from ._journal import JournalError, Record
+from ._sqlite_admin import COLUMNS, count_states, list_jobs, purge, revive
 
 logger = logging.getLogger("quart_deferred")
 
@@ -43,9 +44,6 @@ CREATE INDEX IF NOT EXISTS quart_deferred_jobs_by_state
     ON quart_deferred_jobs (state, updated);
 CREATE TABLE IF NOT EXISTS quart_deferred_meta (key TEXT PRIMARY KEY, value REAL);
 """
-_COLUMNS = "id, name, arguments, origin, created, not_before, attempt, state, owner, error"
-_PURGE_BATCH = 1000  # Records `quart deferred purge` deletes in one transaction (a few ms).
-_PURGE_PAUSE = 0.01  # Seconds between two of them.
 
 
 class SQLiteJournal:
@@ -209,7 +207,7 @@ class SQLiteJournal:
                 f"OR owner IN ({ended}))"
             )
             rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM quart_deferred_jobs WHERE {free} ORDER BY created",
+                f"SELECT {COLUMNS} FROM quart_deferred_jobs WHERE {free} ORDER BY created",
                 (*names, now, *dead),
             ).fetchall()
             connection.executemany(
@@ -266,77 +264,16 @@ class SQLiteJournal:
         assert future is not None
         return future
 
-    # Direct reads and changes, on a connection of their own (the CLI's)
-
-    def _direct(self, sql: str, values: tuple[object, ...] = ()) -> tuple[list[Any], int]:
-        """Run *sql* in a transaction of its own; return its rows and how many it changed."""
-        connection = self.connect()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-            cursor = connection.execute(sql, values)
-            rows = cursor.fetchall()
-            connection.execute("COMMIT")
-            return rows, cursor.rowcount
-        finally:
-            connection.close()
-
-    def _read(self, sql: str, values: tuple[object, ...] = ()) -> list[Any]:
-        """Return the rows of the query *sql*, read without the write lock (``stats()`` reads
-        on the event loop: in WAL mode a reader never waits for a writer)."""
-        if not os.path.exists(self.path):
-            return []
-        uri = f"{Path(os.path.abspath(self.path)).as_uri()}?mode=ro"  # Quoted: '?', '#', '%'.
-        connection = sqlite3.connect(uri, uri=True, timeout=1.0)
-        try:
-            return connection.execute(sql, values).fetchall()
-        except sqlite3.OperationalError as error:
-            if "no such table" in str(error):  # Opened by nothing yet.
-                return []
-            raise
-        finally:
-            connection.close()
+    # The operator's reads and changes (the CLI, stats()): see _sqlite_admin.py
 
     def jobs(self, state: str, limit: int) -> list[Record]:
-        rows = self._read(
-            f"SELECT {_COLUMNS} FROM quart_deferred_jobs WHERE state = ? ORDER BY created LIMIT ?",
-            (state, limit),
-        )
-        return [Record(*row) for row in rows]
+        return list_jobs(self.path, state, limit)
 
     def revive(self, job_id: str | None) -> int:
-        which = "" if job_id is None else "AND id = ?"
-        now = time.time()
-        values: tuple[object, ...] = (now, now) if job_id is None else (now, now, job_id)
-        _, changed = self._direct(
-            "UPDATE quart_deferred_jobs SET state = 'waiting', attempt = 0, not_before = ?, "
-            f"updated = ?, owner = NULL, lease_until = NULL WHERE state = 'dead' {which}",
-            values,
-        )
-        return changed
+        return revive(self.connect, job_id)
 
     def purge(self, states: Collection[str], before: float) -> int:
-        # In transactions of _PURGE_BATCH records with a pause between them, so that the
-        # running servers' commits (which wait for the lock meanwhile) get their turn.
-        states = list(states)
-        marks = ", ".join("?" * len(states))
-        sql = (
-            "DELETE FROM quart_deferred_jobs WHERE id IN (SELECT id FROM quart_deferred_jobs "
-            f"WHERE state IN ({marks}) AND updated < ? LIMIT {_PURGE_BATCH})"
-        )
-        connection = self.connect()
-        removed = 0
-        try:
-            while True:
-                connection.execute("BEGIN IMMEDIATE")
-                changed = connection.execute(sql, (*states, before)).rowcount
-                connection.execute("COMMIT")
-                removed += changed
-                if changed < _PURGE_BATCH:
-                    return removed
-                time.sleep(_PURGE_PAUSE)
-        finally:
-            connection.close()
+        return purge(self.connect, states, before)
 
     def counts(self) -> dict[str, int]:
-        rows = self._read("SELECT state, COUNT(*) FROM quart_deferred_jobs GROUP BY state")
-        return {"waiting": 0, "done": 0, "dead": 0, **dict(rows)}
+        return count_states(self.path)
