@@ -7,16 +7,16 @@ group is woken with one call per event loop. Two ways, by
 
 - ``"normal"`` (the default): the group is written on the event loop, once
   per pass of the loop, with ``synchronous=NORMAL``. A commit is then a write
-  into the WAL file, no ``fsync``: tens of microseconds, which the loop pays
-  rather than a hand-over to a thread (which waits for the GIL, up to its
-  5 ms switch interval under load). The loop never waits for the file's
+  into the WAL file, no ``fsync``, cheaper for the loop than a hand-over to
+  a thread (which waits for the GIL, up to its switch interval under load;
+  the figures are in the README's "Durable tasks"). The loop never waits for the file's
   lock: when another process (or the CLI) holds it, the group stays queued
   and is tried again a moment later, while the loop serves on; after
   ``BUSY_GIVE_UP`` seconds of that its waiters get a ``JournalError``.
   Every ``fsync`` is on the checkpoint thread: the checkpoint (the WAL synced,
   copied into the file, the file synced) and the first write after it, which
-  starts the WAL over and syncs its header (5 ms or more: paid on the loop,
-  that stalled every request in flight). Loop commits pause meanwhile. What
+  starts the WAL over and syncs its header (an ``fsync``: paid on the loop,
+  it stalled every request in flight). Loop commits pause meanwhile. What
   is committed survives the process (SIGKILL, a crash); a power loss or an
   operating system crash may lose the last commits, not older ones.
 - ``"full"``: the group is written on a thread of its own, with
