@@ -74,7 +74,8 @@ class TaskRunner:
         self.tasks: dict[Batch, asyncio.Task[None]] = {}  # Each running batch's task.
         self._idle_waiters: list[asyncio.Future[None]] = []
         self.ledger = Ledger(app, counters, keys, task_timeout)
-        # What the runner lets in; with its ledger, the only writer of counters and keys.
+        # What the runner lets in. It, its admission, its ledger and its batch runs
+        # (_batch_run.py) are the only writers of the counters and keys.
         self.admission = Admission(counters, keys, max_pending)
 
     def submit(self, batch: Batch) -> None:
