@@ -1,4 +1,4 @@
-"""What QuartDeferred keeps per app: config, counters, keys, and the runner of each loop.
+"""What QuartDeferred keeps and does per app: config, counters, keys, the runner of each loop.
 
 The counters and de-duplication keys are the app's, not one runner's: they
 outlive the event loop that ran the work (a test per loop, the app served
@@ -46,7 +46,8 @@ class Owner(Protocol):
 
 
 class AppState:
-    """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``."""
+    """What QuartDeferred keeps per app, in ``app.extensions["quart_deferred"]``, and the work
+    behind its calls (``start_soon``, ``stats``) once it has checked them."""
 
     def __init__(self, extension: Owner, app: Quart) -> None:
         self.extension = extension
