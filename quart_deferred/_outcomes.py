@@ -19,7 +19,7 @@ from quart import Quart
 from quart.signals import got_background_exception
 
 from ._compat import handle_background_exception
-from .jobs import Batch, Job, log_fields
+from .jobs import Batch, Job, log_fields, tally
 from .metrics import Counters, Keys
 from .tasks import Retrying, TaskCall
 from .threads import ThreadCall
@@ -233,7 +233,7 @@ class Ledger:
         if not self._unnamed:
             return
         total = sum(self._unnamed.values())
-        names = ", ".join(f"{count} x {name}" for name, count in self._unnamed.most_common())
+        names = tally(self._unnamed)
         self._unnamed.clear()
         logger.warning(
             "Cancelled %d more jobs at shutdown, past the first %d named above: %s.",
