@@ -26,6 +26,19 @@ PURGE_PAUSE = 0.01  # Seconds between two of them.
 Connect = Callable[[], sqlite3.Connection]  # A connection of its own, the schema in place.
 
 
+def delete_older(states: int) -> str:
+    """The DELETE of at most ``?`` records in one of *states* ``?`` marks, changed before ``?``.
+
+    Deleting a few at a time keeps each transaction, and the write lock, short: for
+    ``purge`` here, and for the running app's expiry (``SQLiteJournal.expire``).
+    """
+    marks = ", ".join("?" * states)
+    return (
+        "DELETE FROM quart_deferred_jobs WHERE id IN (SELECT id FROM quart_deferred_jobs "
+        f"WHERE state IN ({marks}) AND updated < ? LIMIT ?)"
+    )
+
+
 def list_jobs(path: str, state: str, limit: int) -> list[Record]:
     """The first *limit* records in *state*, oldest first."""
     rows = _read(
@@ -66,17 +79,13 @@ def purge(connect: Connect, states: Collection[str], before: float) -> int:
     # In transactions of PURGE_BATCH records with a pause between them, so that the
     # running servers' commits (which wait for the lock meanwhile) get their turn.
     states = list(states)
-    marks = ", ".join("?" * len(states))
-    sql = (
-        "DELETE FROM quart_deferred_jobs WHERE id IN (SELECT id FROM quart_deferred_jobs "
-        f"WHERE state IN ({marks}) AND updated < ? LIMIT {PURGE_BATCH})"
-    )
+    sql = delete_older(len(states))
     connection = connect()
     removed = 0
     try:
         while True:
             connection.execute("BEGIN IMMEDIATE")
-            changed = connection.execute(sql, (*states, before)).rowcount
+            changed = connection.execute(sql, (*states, before, PURGE_BATCH)).rowcount
             connection.execute("COMMIT")
             removed += changed
             if changed < PURGE_BATCH:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ._group_commit import GroupWriter, Operation
 from ._journal import JournalError, Record
-from ._sqlite_admin import COLUMNS, count_states, list_jobs, purge, revive
+from ._sqlite_admin import COLUMNS, count_states, delete_older, list_jobs, purge, revive
 
 logger = logging.getLogger("quart_deferred")
 
@@ -256,11 +256,8 @@ class SQLiteJournal:
         return future
 
     def expire(self, before: float, limit: int) -> asyncio.Future[int]:
-        sql = (
-            "DELETE FROM quart_deferred_jobs WHERE id IN (SELECT id FROM quart_deferred_jobs "
-            "WHERE state = 'done' AND updated < ? LIMIT ?)"
-        )
-        future = self._submit(lambda c: c.execute(sql, (before, limit)).rowcount, wait=True)
+        sql = delete_older(1)
+        future = self._submit(lambda c: c.execute(sql, ("done", before, limit)).rowcount, wait=True)
         assert future is not None
         return future
 
